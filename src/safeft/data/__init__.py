@@ -1,0 +1,1 @@
+"""Data: one record type, sources by name, task formats, the poisoned mix, tokenisation."""
