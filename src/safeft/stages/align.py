@@ -1,0 +1,104 @@
+"""`safeft align`: the provider's alignment stage, with a defense or plain SFT."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safeft.config import Config, option
+from safeft.data.sources import load_source, take
+from safeft.data.tokenize import PaddingCollator, encode
+from safeft.data.templates import TEMPLATES
+from safeft.errors import SafeftError
+from safeft.io import write_json
+from safeft.methods import METHODS, get_method
+from safeft.models import LoraSettings, attach_lora, load_model
+from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, log_to_file, start_run
+from safeft.stages.training import HistoryCallback, TrainSettings, remove_checkpoints, save_weights, train_resumably, training_arguments
+
+log = logging.getLogger("safeft")
+
+ALIGN_METHODS = tuple(name for name, spec in METHODS.items() if spec.stage == "align")
+
+# One section per method in the YAML file and on the command line (`--booster.harmful-weight 5`).
+MethodOptions = dataclasses.make_dataclass(
+    "MethodOptions",
+    [(name.replace("-", "_"), spec.config_cls, dataclasses.field(default_factory=spec.config_cls)) for name, spec in METHODS.items()],
+    bases=(Config,),
+)
+MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method's section is used)"
+
+
+@dataclass
+class AlignConfig(Config):
+    """Alignment stage"""
+
+    output: str = option(None, "run directory to write (created; an unfinished run there is resumed)")
+    method: str = option("sft", "alignment method", choices=ALIGN_METHODS)
+    model: str = option("smollm2-135m", "short name (see 'safeft models'), local folder or Hub id")
+    alignment_data: str = option("refusals", "alignment rows (harmful prompt -> refusal): source name or file")
+    alignment_samples: int = option(1000, "alignment rows to use (the first N)", range=(1, None))
+    harmful_data: str = option("harmful-pool", "harmful QA pool for Booster / RepNoise / T-Vaccine's probe: source name or file")
+    harmful_samples: int = option(1000, "harmful rows to use (the first N)", range=(1, None))
+    data_dir: str | None = option(None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)")
+    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
+    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
+    cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
+
+    def check(self) -> list[str]:
+        return [] if self.output else ["output: required (the run directory to write)"]
+
+    @property
+    def method_config(self) -> Any:
+        return getattr(self.methods, self.method.replace("-", "_"))
+
+
+def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
+    return [encode(r, tokenizer, max_length, template=template) for r in records]
+
+
+def run_align(cfg: AlignConfig) -> RunDir:
+    spec = get_method(cfg.method)
+    run = RunDir(Path(cfg.output))
+    if run.is_done(config_fingerprint(cfg)):
+        log.info("alignment run %s is already done; reusing it", run.path)
+        return RunDir.open(run.path)
+    run = start_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None)
+    with log_to_file(run.path / "log.txt"):
+        t0 = time.perf_counter()
+        model, tok = load_model(cfg.model, cache=cfg.cache_dir)
+        alignment = take(load_source(cfg.alignment_data, data_dir=cfg.data_dir), cfg.alignment_samples, f"alignment rows from {cfg.alignment_data}")
+        harmful_ds = None
+        if spec.needs_harmful:
+            harmful = take(load_source(cfg.harmful_data, data_dir=cfg.data_dir), cfg.harmful_samples, f"harmful rows from {cfg.harmful_data}")
+            harmful_ds = encode_rows(harmful, tok, cfg.max_length, cfg.template)
+        model = attach_lora(model, cfg.lora)
+        history = HistoryCallback()
+        trainer = spec.trainer_cls(
+            model=model,
+            args=training_arguments(cfg.train, run),
+            train_dataset=encode_rows(alignment, tok, cfg.max_length, cfg.template),
+            data_collator=PaddingCollator(tok.pad_token_id),
+            method_config=cfg.method_config,
+            harmful_dataset=harmful_ds,
+            callbacks=[history],
+        )
+        with PeakMemory() as mem:
+            stats = train_resumably(trainer, run, history)
+        if trainer.is_world_process_zero():
+            weights = save_weights(trainer.model, run)
+            metrics = {"stage": "align", "method": cfg.method, **stats, **mem.as_dict(), "wall_time_s": round(time.perf_counter() - t0, 2)}
+            write_json(run.path / "metrics.json", metrics)
+            run.write_manifest(status="done", weights=[{"kind": weights, "path": str((run.path / weights).resolve())}], finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            remove_checkpoints(run)
+        trainer.accelerator.wait_for_everyone()
+    if not run.is_done():
+        raise SafeftError(f"alignment run {run.path} did not finish")
+    return run

@@ -1,0 +1,124 @@
+"""What the align and finetune stages share: optimiser settings, Trainer arguments, resumable training."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from safeft.config import Config, option
+from safeft.stages.runs import RunDir
+
+log = logging.getLogger("safeft")
+
+
+@dataclass
+class TrainSettings(Config):
+    """Optimisation (AdamW)"""
+
+    learning_rate: float = option(5e-4, "AdamW learning rate", range=(0, 1))
+    epochs: float = option(1.0, "passes over the training rows (ignored when max_steps > 0)", range=(0, None))
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: run all epochs)", range=(-1, None))
+    batch_size: int = option(10, "rows per micro-batch per process", range=(1, None))
+    gradient_accumulation: int = option(1, "micro-batches per optimizer step", range=(1, None))
+    weight_decay: float = option(0.1, "AdamW weight decay", range=(0, None))
+    warmup_ratio: float = option(0.0, "fraction of steps with linear learning-rate warm-up", range=(0, 1))
+    scheduler: str = option("constant", "learning-rate schedule", choices=("constant", "linear", "cosine", "constant_with_warmup"))
+    bf16: bool = option(False, "bf16 autocast (CPU and GPU); weights stay fp32")
+    seed: int = option(42, "seed of initialisation, shuffling and sampling", range=(0, None))
+    logging_steps: int = option(1, "log loss and method metrics every N steps", range=(1, None))
+    save_steps: int = option(50, "write a resumable checkpoint every N steps", range=(1, None))
+    progress: bool = option(True, "show a progress bar with ETA")
+
+
+def training_arguments(settings: TrainSettings, run: RunDir, **extra: Any) -> TrainingArguments:
+    scheduler = settings.scheduler
+    if scheduler == "constant" and settings.warmup_ratio > 0:
+        scheduler = "constant_with_warmup"
+    return TrainingArguments(
+        output_dir=str(run.path / "checkpoints"),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        lr_scheduler_type=scheduler,
+        bf16=settings.bf16,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=not settings.progress,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+class HistoryCallback(TrainerCallback):
+    """Keeps every logged record (loss and each method's own quantities) and the step times."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.step_times: list[float] = []
+        self._t = 0.0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.step_times.append(time.perf_counter() - self._t)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if logs:
+            self.history.append({"step": state.global_step, **logs})
+            if state.is_world_process_zero:
+                log.info("step %d: %s", state.global_step, {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()})
+
+
+def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict[str, Any]:
+    """Train, resuming from the newest complete checkpoint if an earlier attempt was interrupted."""
+    checkpoint = run.latest_checkpoint()
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+    # Steps that ran in this process; the first few include warm-up, the median is what we report.
+    times = sorted(history.step_times)
+    return {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "train_wall_time_s": round(wall, 2),
+        "seconds_per_step_median": round(times[len(times) // 2], 4) if times else None,
+        "resumed_from": checkpoint,
+        "log_history": history.history,
+    }
+
+
+def remove_checkpoints(run: RunDir) -> None:
+    shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+
+
+def save_weights(model: Any, run: RunDir) -> str:
+    """Adapter in PEFT format (`adapter/`) or full weights as safetensors (`model/`); returns the folder name."""
+    from peft import PeftModel
+
+    from safeft.io import atomic_dir
+
+    name = "adapter" if isinstance(model, PeftModel) else "model"
+    with atomic_dir(Path(run.path) / name) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return name
