@@ -33,5 +33,7 @@ def format_prompt(record: Record, template: str = "alpaca", tokenizer: _ChatToke
         if tokenizer is None:
             raise ValueError("the 'chat' template needs the model's tokenizer")
         user = record.instruction + (f"\n\n{record.input}" if record.input else "")
-        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
     raise ValueError(f"unknown prompt template {template!r}; expected one of {TEMPLATES}")
