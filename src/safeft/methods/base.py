@@ -1,0 +1,273 @@
+"""What every method's Trainer shares: extra datasets, seeded batch streams, losses, gradient plumbing.
+
+Gradient accumulation. A multi-pass method forms its combined gradient from one micro-batch's own
+passes. `AlignmentTrainer.own_gradient()` therefore sets the gradients accumulated by earlier
+micro-batches aside, lets the method compute its gradient from scratch, scales that gradient by
+1/gradient_accumulation_steps and adds the earlier gradients back. Each micro-batch's loss is a
+token mean over its own response tokens; the optimizer sees the mean over micro-batches of the
+per-micro-batch method gradients (methods that only add a loss term get the same scaling from
+Trainer itself, see `loss_is_scaled_for_ga = False`).
+
+Mixed precision: every forward pass runs inside `compute_loss_context_manager()` (Trainer's
+autocast hook), like Trainer's own step; the loss is computed in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from safeft.config import Config
+from safeft.errors import SafeftError
+
+EPS = 1e-7  # the `eps` of ALGORITHMS.md in every normalisation
+
+
+@dataclass
+class MethodConfig(Config):
+    """A method without hyper-parameters of its own"""
+
+
+def token_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Causal-LM loss: mean cross-entropy over the tokens whose label is not -100 (next-token shift).
+
+    The labels are shifted (padded with -100 at the end), not the logits: slicing the logits would
+    copy the largest tensor of the step (batch x length x vocabulary) in forward and in backward.
+    """
+    targets = F.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
+    total = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    return total / targets.ne(-100).sum().clamp(min=1)
+
+
+def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all tensors together (float32 scalar)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(list(tensors))]))
+
+
+class _IndexStream:
+    """An endless, seeded stream of row indices: epoch e is permutation(seed, e) of the rows.
+
+    With several processes, batch k of process r is slice r of global batch k, so processes see
+    disjoint rows and together the same sequence a single process would see.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if n_rows < 1:
+            raise SafeftError("an extra dataset of the method is empty; give it at least one row")
+        self.n, self.batch_size, self.seed, self.rank, self.world = n_rows, batch_size, seed, rank, world
+        self.batches_drawn = 0
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def next(self) -> list[int]:
+        start = (self.batches_drawn * self.world + self.rank) * self.batch_size
+        self.batches_drawn += 1
+        return [int(self._perm(pos // self.n)[pos % self.n]) for pos in range(start, start + self.batch_size)]
+
+
+class AlignmentTrainer(Trainer):
+    """Trainer with a method config and optional extra datasets (harmful rows, alignment rows).
+
+    Keyword arguments on top of Trainer's: `method_config` (the method's Config; defaults when
+    None), `harmful_dataset` and `alignment_dataset` (indexable datasets of encoded rows, collated
+    with the trainer's `data_collator`).
+    """
+
+    config_cls: type[Config] = MethodConfig
+    needs_harmful: bool = False
+    needs_alignment: bool = False
+    loss_is_scaled_for_ga = False  # our losses are per-micro-batch token means
+
+    def __init__(
+        self,
+        *args: Any,
+        method_config: Config | None = None,
+        harmful_dataset: Any = None,
+        alignment_dataset: Any = None,
+        **kwargs: Any,
+    ):
+        if method_config is None:
+            method_config = self.config_cls()
+        if not isinstance(method_config, self.config_cls):
+            raise SafeftError(
+                f"{type(self).__name__}: method_config is a {type(method_config).__name__}, expected {self.config_cls.__name__}"
+            )
+        name = type(self).__name__
+        if self.needs_harmful and harmful_dataset is None:
+            raise SafeftError(
+                f"{name} needs harmful rows: pass harmful_dataset (the align stage's --harmful-data)"
+            )
+        if self.needs_alignment and alignment_dataset is None:
+            raise SafeftError(
+                f"{name} needs alignment rows: pass alignment_dataset (the fine-tune stage's --alignment-data)"
+            )
+        super().__init__(*args, **kwargs)
+        self.method_config = method_config
+        self.harmful_dataset = harmful_dataset
+        self.alignment_dataset = alignment_dataset
+        self._metrics: dict[str, list[Any]] = defaultdict(list)
+        self._streams: dict[str, _IndexStream] = {}
+        self._buffers: dict[str, list[torch.Tensor]] = {}
+        # The trainable tensors, fixed once: methods may toggle requires_grad later (T-Vaccine).
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise SafeftError(
+                f"{name}: the model has no trainable parameters; attach a LoRA adapter or use full fine-tuning"
+            )
+
+    # ----- metrics --------------------------------------------------------------------------------
+    def record(self, name: str, value: torch.Tensor | float) -> None:
+        """Append one value of a method quantity; the mean since the last log is logged."""
+        self._metrics[name].append(
+            value.detach().float().mean() if isinstance(value, torch.Tensor) else float(value)
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            for name, values in self._metrics.items():
+                logs[name] = (
+                    torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values]).mean().item()
+                )
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ----- extra data -----------------------------------------------------------------------------
+    def next_batch(self, which: str, batch_size: int) -> dict[str, torch.Tensor]:
+        """The next batch of `harmful` or `alignment` rows, collated and on the training device."""
+        dataset = self.harmful_dataset if which == "harmful" else self.alignment_dataset
+        if dataset is None:
+            raise SafeftError(f"{type(self).__name__} needs {which} rows but none were given")
+        stream = self._streams.get(which)
+        if stream is None or stream.batch_size != batch_size:
+            seed = self.args.seed + zlib.crc32(which.encode()) % 10_000
+            stream = _IndexStream(
+                len(dataset), batch_size, seed, self.args.process_index, self.args.world_size
+            )
+            self._streams[which] = stream
+        rows = [dataset[i] for i in stream.next()]
+        return self._prepare_inputs(self.data_collator(rows))
+
+    # ----- losses ---------------------------------------------------------------------------------
+    def lm_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], **forward_kwargs: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """(token-mean cross-entropy on the response tokens, model outputs) of one batch."""
+        with self.compute_loss_context_manager():
+            outputs = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                use_cache=False,
+                **forward_kwargs,
+            )
+        return token_mean_cross_entropy(outputs.logits, batch["labels"]), outputs
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+        for p in self.trainable:  # unused tensors get an explicit zero, so gradient lists stay aligned
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    # ----- gradients and parameters ---------------------------------------------------------------
+    def active_params(self) -> list[torch.Tensor]:
+        return [p for p in self.trainable if p.requires_grad]
+
+    def grads(self, params: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        params = self.active_params() if params is None else params
+        return [p.grad for p in params]  # type: ignore[misc]
+
+    def zero_grads(self) -> None:
+        for p in self.trainable:
+            p.grad = None
+
+    def copy_into(self, name: str, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """An exact copy of `tensors` in a buffer reused from step to step."""
+        buf = self._buffers.get(name)
+        if (
+            buf is None
+            or len(buf) != len(tensors)
+            or any(b.shape != t.shape for b, t in zip(buf, tensors, strict=True))
+        ):
+            buf = [torch.empty_like(t) for t in tensors]
+            self._buffers[name] = buf
+        with torch.no_grad():
+            torch._foreach_copy_(buf, list(tensors))
+        return buf
+
+    @contextlib.contextmanager
+    def own_gradient(self) -> Iterator[None]:
+        """Inside: `.grad` holds only this micro-batch's method gradient. On exit: scaled and accumulated.
+
+        The gradients of earlier micro-batches are set aside, the method computes its gradient from
+        its own passes, then `.grad = earlier + method_gradient / gradient_accumulation_steps`.
+        """
+        stash = [p.grad for p in self.trainable]
+        self.zero_grads()
+        try:
+            yield
+        except BaseException:
+            for p, s in zip(self.trainable, stash, strict=True):
+                p.grad = s
+            raise
+        scale = 1.0 / self._accumulation_steps()
+        own = [p.grad for p in self.trainable if p.grad is not None]
+        if own and scale != 1.0:
+            torch._foreach_mul_(own, scale)
+        earlier = [s for s in stash if s is not None]
+        if earlier and self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            # Earlier micro-batches ran without synchronisation; average them now like DDP would.
+            earlier = self.accelerator.reduce(earlier, reduction="mean")
+        it = iter(earlier)
+        pairs_grad, pairs_stash = [], []
+        for p, s in zip(self.trainable, stash, strict=True):
+            if s is None:
+                continue
+            s = next(it)
+            if p.grad is None:
+                p.grad = s
+            else:
+                pairs_grad.append(p.grad)
+                pairs_stash.append(s)
+        if pairs_grad:
+            torch._foreach_add_(pairs_grad, pairs_stash)
+
+    def average_unsynchronised(self, tensors: list[torch.Tensor]) -> None:
+        """Average `tensors` over processes in place when DDP did not (micro-batches under `no_sync`).
+
+        On the last micro-batch of a step every backward is all-reduced by DDP; before it, a method
+        that needs the global value of a gradient (Booster's `g_h`) reduces it here itself.
+        """
+        if self.accelerator.num_processes == 1 or self.accelerator.sync_gradients:
+            return
+        for t in tensors:
+            dist.all_reduce(t)
+        torch._foreach_div_(tensors, float(self.accelerator.num_processes))
+
+    def _accumulation_steps(self) -> int:
+        return int(
+            getattr(self, "current_gradient_accumulation_steps", None)
+            or self.args.gradient_accumulation_steps
+        )
+
+    def reported(self, loss: torch.Tensor) -> torch.Tensor:
+        """The value Trainer adds to its running loss for one micro-batch (scaled like Trainer does)."""
+        return loss.detach().to(self.args.device) / self._accumulation_steps()

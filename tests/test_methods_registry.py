@@ -1,0 +1,122 @@
+"""The method registry, the hooks that find decoder blocks, and a short training run of every method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _methods_support import tiny, trainer
+from safeft.errors import ConfigError, SafeftError
+from safeft.methods import METHODS, get_method
+from safeft.methods.booster import BoosterConfig
+from safeft.methods.hooks import (
+    add_to_outputs,
+    capture_output_grads,
+    checkpointed,
+    find_decoder_blocks,
+    hook_points,
+)
+from safeft.methods.vaccine import VaccineConfig
+
+
+def test_registry_names_stages_and_adapter_modes():
+    assert set(METHODS) == {"sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa"}
+    assert {n for n, s in METHODS.items() if s.finetune_adapter == "continue"} == {
+        "booster",
+        "booster-vaccine",
+    }
+    assert {n for n, s in METHODS.items() if s.stage == "finetune"} == {"lisa"}
+    assert {n for n, s in METHODS.items() if s.needs_harmful} == {
+        "tvaccine",
+        "booster",
+        "booster-vaccine",
+        "repnoise",
+    }
+    assert METHODS["lisa"].needs_alignment
+
+
+def test_unknown_method_suggests_the_close_name():
+    with pytest.raises(SafeftError, match="did you mean 'booster'"):
+        get_method("boster")
+
+
+def test_configs_name_the_paper_symbol_and_validate():
+    assert BoosterConfig().harmful_weight == 5.0 and BoosterConfig().simulated_step_size == 0.1
+    with pytest.raises(ConfigError, match="hook_point"):
+        VaccineConfig.from_dict({"hook_point": "mlp"})
+    with pytest.raises(ConfigError, match="harmful_weight: got -1"):
+        BoosterConfig.from_dict({"harmful_weight": -1})
+
+
+@pytest.mark.parametrize(
+    ("name", "attention"),
+    [("tiny-random-llama", "self_attn"), ("tiny-random-qwen2", "self_attn"), ("tiny-random-gpt2", "attn")],
+)
+def test_decoder_blocks_and_attention_found_generically_through_peft(name, attention):
+    model = tiny(name)
+    blocks = find_decoder_blocks(model)
+    assert len(blocks) == 4
+    points = hook_points(model, "attention")
+    assert [p is getattr(b, attention) for p, b in zip(points, blocks, strict=True)] == [True] * 4
+    assert hook_points(model, "block") == list(blocks)
+
+
+def test_hooks_are_removed_even_when_the_step_raises():
+    model = tiny()
+    points = hook_points(model)
+    with (
+        pytest.raises(RuntimeError),
+        add_to_outputs(points, [torch.ones(1)] * 4),
+        capture_output_grads(points),
+    ):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), checkpointed(list(find_decoder_blocks(model))):
+        raise RuntimeError("boom")
+    assert all(not p._forward_hooks for p in points)
+    assert all("forward" not in vars(b) for b in find_decoder_blocks(model))
+
+
+def test_perturbation_hook_changes_only_the_hidden_state_of_a_tuple_output():
+    model = tiny()
+    attn = hook_points(model)[0]
+    seen = []
+    attn.register_forward_hook(lambda m, a, out: seen.append(out))
+    ids = torch.tensor([[1000, 1001, 1002]])
+    with torch.no_grad():
+        model(input_ids=ids)
+        with add_to_outputs([attn], [torch.full((1, 3, 32), 0.5)]):
+            model(input_ids=ids)
+    # Hooks run in registration order: the observer sees the unperturbed output both times, and the
+    # model output changed, so the perturbation went downstream via element 0 only.
+    assert isinstance(seen[0], tuple) and len(seen[0]) == len(seen[1])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("arch", ["tiny-random-llama", "tiny-random-gpt2"])
+def test_every_method_trains_three_steps_and_moves_every_trainable_parameter(method, arch, tmp_path):
+    model = tiny(arch)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    t = trainer(method, model, tmp_path)
+    t.train()
+    losses = [h["loss"] for h in t.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == trainable  # every trainable tensor moved, no frozen one did
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # flags restored
+
+
+def test_full_parameter_training_moves_every_weight(tmp_path):
+    model = tiny(full=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer("booster", model, tmp_path).train()
+    assert all(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+
+
+def test_methods_with_extra_data_refuse_to_start_without_it(tmp_path):
+    from _methods_support import args, collate, rows
+
+    with pytest.raises(SafeftError, match="harmful_dataset"):
+        get_method("booster").trainer_cls(
+            model=tiny(), args=args(tmp_path), train_dataset=rows(4, 1), data_collator=collate
+        )
