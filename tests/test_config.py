@@ -39,7 +39,9 @@ def test_yaml_then_cli_overrides_win(tmp_path):
 
 def test_every_problem_is_reported_with_key_value_and_range(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("stpes: 5\nsteps: 500\nmode: old\nflag: maybe\nratios: [0.1, 1.5]\ninner:\n  rho: -1\n  sigma: 2\n")
+    path.write_text(
+        "stpes: 5\nsteps: 500\nmode: old\nflag: maybe\nratios: [0.1, 1.5]\ninner:\n  rho: -1\n  sigma: 2\n"
+    )
     with pytest.raises(ConfigError) as e:
         Outer.load(path)
     msg = str(e.value)

@@ -77,7 +77,9 @@ def test_lora_save_load_gives_identical_logits(tmp_path):
     fresh, _ = load_model("tiny-random-llama")
     reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
     assert torch.equal(_logits(reloaded, tok), expected)
-    merged = merge_adapter(load_adapter(load_model("tiny-random-llama")[0], tmp_path / "adapter", trainable=False))
+    merged = merge_adapter(
+        load_adapter(load_model("tiny-random-llama")[0], tmp_path / "adapter", trainable=False)
+    )
     torch.testing.assert_close(_logits(merged, tok), expected, rtol=1e-5, atol=1e-5)
     base_logits = _logits(load_model("tiny-random-llama")[0], tok)
     assert not torch.allclose(base_logits, expected)
@@ -99,7 +101,10 @@ def test_weights_chain_merges_earlier_adapters_and_keeps_the_last_live(tmp_path)
                 p.normal_(0, 0.5)
     second.save_pretrained(tmp_path / "a2")
     expected = _logits(second, tok)
-    chain = [{"kind": "adapter", "path": str(tmp_path / "a1")}, {"kind": "adapter", "path": str(tmp_path / "a2")}]
+    chain = [
+        {"kind": "adapter", "path": str(tmp_path / "a1")},
+        {"kind": "adapter", "path": str(tmp_path / "a2")},
+    ]
     rebuilt, _ = load_weights_chain("tiny-random-llama", chain, trainable_last=True)
     torch.testing.assert_close(_logits(rebuilt, tok), expected, rtol=1e-5, atol=1e-5)
     assert any(p.requires_grad for p in rebuilt.parameters())

@@ -20,9 +20,24 @@ from safeft.errors import ConfigError, SafeftError
 log = logging.getLogger("safeft")
 
 
-def _stage_parser(sub: Any, name: str, config_cls: Any, help: str, description: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file whose keys are the options below; options given on the command line win")
+def _stage_parser(
+    sub: Any, name: str, config_cls: Any, help: str, description: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file whose keys are the options below; options given on the command line win",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N data-parallel processes (re-launched with torchrun; for FSDP/DeepSpeed/multi-node use 'accelerate launch -m safeft.cli', see docs/distributed.md)",
+    )
     config_cls.add_arguments(p)
     return p
 
@@ -87,7 +102,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = run_evaluate(_load_stage_config(EvaluateConfig, args))
     metrics = read_json(run.path / "metrics.json")
-    keys = ("harmful_score", "harmful_score_plus", "refusal_rate", "finetune_accuracy", "finetune_accuracy_lenient", "n_harmful", "n_task")
+    keys = (
+        "harmful_score",
+        "harmful_score_plus",
+        "refusal_rate",
+        "finetune_accuracy",
+        "finetune_accuracy_lenient",
+        "n_harmful",
+        "n_task",
+    )
     print("  ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
     print(f"evaluation: {run.path}")
     return 0
@@ -96,7 +119,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from safeft.pipeline.experiment import run_experiment
 
-    return run_experiment(args.experiment, dry_run=args.dry_run, data_dir=args.data_dir, num_processes=args.num_processes)
+    return run_experiment(
+        args.experiment, dry_run=args.dry_run, data_dir=args.data_dir, num_processes=args.num_processes
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -123,7 +148,18 @@ def cmd_judge_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from safeft.bench import run_bench
 
-    return run_bench(model=args.model, smoke=args.smoke, output=args.output)
+    return run_bench(
+        model=args.model,
+        smoke=args.smoke,
+        output=args.output,
+        data_dir=args.data_dir,
+        quickstart=args.quickstart,
+        reps=args.reps,
+        seq_len=args.seq_len,
+        precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+        methods=tuple(args.methods.split(",")) if args.methods else None,
+        threads=args.threads,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,61 +167,170 @@ def build_parser() -> argparse.ArgumentParser:
     from safeft.stages.evaluate import EvaluateConfig
     from safeft.stages.finetune import FinetuneConfig
 
-    parser = argparse.ArgumentParser(prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report.")
+    parser = argparse.ArgumentParser(
+        prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report."
+    )
     parser.add_argument("--version", action="version", version=f"safeft {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("models", help="list known model names and where they resolve", description="List the short model names and where each resolves.")
-    p.add_argument("--resolve", metavar="NAME", help="say what --model NAME would load (short name, local folder or Hub id)")
+    p = sub.add_parser(
+        "models",
+        help="list known model names and where they resolve",
+        description="List the short model names and where each resolves.",
+    )
+    p.add_argument(
+        "--resolve",
+        metavar="NAME",
+        help="say what --model NAME would load (short name, local folder or Hub id)",
+    )
     p.add_argument("--cache-dir", help="model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("data", help="inspect data sources", description="Work with data sources.")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    q = data_sub.add_parser("inspect", help="rows, fields, label balance and a sample of a source or file", description="Rows, fields, label balance and a sample of a data source or file.")
-    q.add_argument("source", metavar="NAME|PATH", help="a source name (see the error for the list) or a JSON/JSONL/CSV/parquet file")
-    q.add_argument("--as", dest="as_source", metavar="SOURCE", help="validate the file against this source's schema, e.g. --as beavertails")
+    q = data_sub.add_parser(
+        "inspect",
+        help="rows, fields, label balance and a sample of a source or file",
+        description="Rows, fields, label balance and a sample of a data source or file.",
+    )
+    q.add_argument(
+        "source",
+        metavar="NAME|PATH",
+        help="a source name (see the error for the list) or a JSON/JSONL/CSV/parquet file",
+    )
+    q.add_argument(
+        "--as",
+        dest="as_source",
+        metavar="SOURCE",
+        help="validate the file against this source's schema, e.g. --as beavertails",
+    )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
     q.set_defaults(func=cmd_data_inspect)
 
-    p = sub.add_parser("validate", help="check config and experiment files, reporting every error", description="Parse and check config or experiment files; every problem is reported at once.")
+    p = sub.add_parser(
+        "validate",
+        help="check config and experiment files, reporting every error",
+        description="Parse and check config or experiment files; every problem is reported at once.",
+    )
     p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
-    p.add_argument("--kind", choices=("align", "finetune", "evaluate", "experiment"), help="what the file configures (default: inferred)")
+    p.add_argument(
+        "--kind",
+        choices=("align", "finetune", "evaluate", "experiment"),
+        help="what the file configures (default: inferred)",
+    )
     p.set_defaults(func=cmd_validate)
 
-    _stage_parser(sub, "align", AlignConfig, "alignment stage: SFT or a defense", "Safety-align a model with SFT, Vaccine, T-Vaccine, Booster, Booster+Vaccine or RepNoise and write a run directory.").set_defaults(func=cmd_align)
-    _stage_parser(sub, "finetune", FinetuneConfig, "fine-tuning stage: the harmful fine-tuning attack (or Lisa)", "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.").set_defaults(func=cmd_finetune)
-    _stage_parser(sub, "evaluate", EvaluateConfig, "harmful score and task accuracy of a run or model", "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.").set_defaults(func=cmd_evaluate)
+    _stage_parser(
+        sub,
+        "align",
+        AlignConfig,
+        "alignment stage: SFT or a defense",
+        "Safety-align a model with SFT, Vaccine, T-Vaccine, Booster, Booster+Vaccine or RepNoise and write a run directory.",
+    ).set_defaults(func=cmd_align)
+    _stage_parser(
+        sub,
+        "finetune",
+        FinetuneConfig,
+        "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
+        "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
+    ).set_defaults(func=cmd_finetune)
+    _stage_parser(
+        sub,
+        "evaluate",
+        EvaluateConfig,
+        "harmful score and task accuracy of a run or model",
+        "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.",
+    ).set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", help="run an experiment grid (cached, resumable)", description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.")
+    p = sub.add_parser(
+        "run",
+        help="run an experiment grid (cached, resumable)",
+        description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.",
+    )
     p.add_argument("experiment", metavar="EXPERIMENT.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (which stages run, which are cached) and stop")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (which stages run, which are cached) and stop"
+    )
     p.add_argument("--data-dir", help="folder with the local data files (overrides the file)")
-    p.add_argument("--num-processes", type=int, default=1, help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)")
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="results table, system table and plots of a runs folder", description="Write results.md/.csv, system.md/.csv and plots for an experiment's runs folder.")
+    p = sub.add_parser(
+        "report",
+        help="results table, system table and plots of a runs folder",
+        description="Write results.md/.csv, system.md/.csv and plots for an experiment's runs folder.",
+    )
     p.add_argument("runs_dir", metavar="RUNS_DIR")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("quickstart", help="a small complete experiment on the embedded defaults (<= 10 min on 2 CPU cores)", description="SFT vs Booster on smollm2-135m, one attack, CPU judge; prints the results table.")
+    p = sub.add_parser(
+        "quickstart",
+        help="a small complete experiment on the embedded defaults (<= 10 min on 2 CPU cores)",
+        description="SFT vs Booster on smollm2-135m, one attack, CPU judge; prints the results table.",
+    )
     p.add_argument("--output", default="runs/quickstart", help="runs folder")
-    p.add_argument("--data-dir", help="folder with the real data files (default: $SAFEFT_DATA_DIR; without data, a built-in demo set)")
-    p.add_argument("--demo", action="store_true", help="use the built-in demo data even when real data is available")
+    p.add_argument(
+        "--data-dir",
+        help="folder with the real data files (default: $SAFEFT_DATA_DIR; without data, a built-in demo set)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="use the built-in demo data even when real data is available"
+    )
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("judge", help="the CPU harmfulness judge", description="Train the CPU judge shipped with safeft.")
+    p = sub.add_parser(
+        "judge", help="the CPU harmfulness judge", description="Train the CPU judge shipped with safeft."
+    )
     judge_sub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
-    q = judge_sub.add_parser("train", help="retrain the CPU judge from labelled QA pairs", description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.")
-    q.add_argument("--output", required=True, help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)")
+    q = judge_sub.add_parser(
+        "train",
+        help="retrain the CPU judge from labelled QA pairs",
+        description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.",
+    )
+    q.add_argument(
+        "--output",
+        required=True,
+        help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
+    )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
     q.set_defaults(func=cmd_judge_train)
 
-    p = sub.add_parser("bench", help="time and memory of every method and of evaluation", description="Measure, in one run, seconds per step and peak memory of each method (ratios to SFT) and generation/judge throughput; writes docs/benchmarks.md.")
-    p.add_argument("--model", default="smollm2-135m", help="model to benchmark")
+    p = sub.add_parser(
+        "bench",
+        help="time and memory of every method and of evaluation",
+        description="Measure, in one run, seconds per step and peak memory of each method (ratios to SFT) and generation/judge throughput; writes docs/benchmarks.md.",
+    )
+    p.add_argument(
+        "--model", default=None, help="model to benchmark (default smollm2-135m; smoke tiny-random-llama)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny-random-llama, few repetitions: seconds, for CI")
     p.add_argument("--output", default="docs/benchmarks.md", help="Markdown file to write")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="data folder: BeaverTails evaluation prompts for generation (default $SAFEFT_DATA_DIR, else templated prompts)",
+    )
+    p.add_argument(
+        "--quickstart", action="store_true", help="also time `safeft quickstart` end to end (minutes)"
+    )
+    p.add_argument("--reps", type=int, default=None, help="timed rounds per precision (default 3; smoke 2)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 64; smoke 16)")
+    p.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16 (default both; smoke fp32)")
+    p.add_argument(
+        "--methods", default=None, help="comma-separated method names (default all; must include sft)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 is steadier on a loaded machine)",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -193,11 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        from safeft.launch import inside_launched_process, launch
+
+        if (
+            args.command in ("align", "finetune", "evaluate")
+            and args.num_processes > 1
+            and not inside_launched_process()
+        ):
+            return launch(argv, args.num_processes)
+        if int(os.environ.get("RANK", "0")) != 0:
+            # One copy of the INFO log and of the printed summary: rank 0's (errors still show).
+            logging.getLogger("safeft").setLevel(logging.WARNING)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except SafeftError as e:

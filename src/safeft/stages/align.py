@@ -11,14 +11,21 @@ from typing import Any
 
 from safeft.config import Config, option
 from safeft.data.sources import load_source, take
-from safeft.data.tokenize import PaddingCollator, encode
 from safeft.data.templates import TEMPLATES
+from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
 from safeft.io import write_json
 from safeft.methods import METHODS, get_method
 from safeft.models import LoraSettings, attach_lora, load_model
 from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, log_to_file, start_run
-from safeft.stages.training import HistoryCallback, TrainSettings, remove_checkpoints, save_weights, train_resumably, training_arguments
+from safeft.stages.training import (
+    HistoryCallback,
+    TrainSettings,
+    remove_checkpoints,
+    save_weights,
+    train_resumably,
+    training_arguments,
+)
 
 log = logging.getLogger("safeft")
 
@@ -27,7 +34,10 @@ ALIGN_METHODS = tuple(name for name, spec in METHODS.items() if spec.stage == "a
 # One section per method in the YAML file and on the command line (`--booster.harmful-weight 5`).
 MethodOptions = dataclasses.make_dataclass(
     "MethodOptions",
-    [(name.replace("-", "_"), spec.config_cls, dataclasses.field(default_factory=spec.config_cls)) for name, spec in METHODS.items()],
+    [
+        (name.replace("-", "_"), spec.config_cls, dataclasses.field(default_factory=spec.config_cls))
+        for name, spec in METHODS.items()
+    ],
     bases=(Config,),
 )
 MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method's section is used)"
@@ -40,11 +50,17 @@ class AlignConfig(Config):
     output: str = option(None, "run directory to write (created; an unfinished run there is resumed)")
     method: str = option("sft", "alignment method", choices=ALIGN_METHODS)
     model: str = option("smollm2-135m", "short name (see 'safeft models'), local folder or Hub id")
-    alignment_data: str = option("refusals", "alignment rows (harmful prompt -> refusal): source name or file")
+    alignment_data: str = option(
+        "refusals", "alignment rows (harmful prompt -> refusal): source name or file"
+    )
     alignment_samples: int = option(1000, "alignment rows to use (the first N)", range=(1, None))
-    harmful_data: str = option("harmful-pool", "harmful QA pool for Booster / RepNoise / T-Vaccine's probe: source name or file")
+    harmful_data: str = option(
+        "harmful-pool", "harmful QA pool for Booster / RepNoise / T-Vaccine's probe: source name or file"
+    )
     harmful_samples: int = option(1000, "harmful rows to use (the first N)", range=(1, None))
-    data_dir: str | None = option(None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)")
+    data_dir: str | None = option(
+        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
+    )
     max_length: int = option(256, "tokens per row after truncation", range=(8, None))
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
     cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
@@ -74,10 +90,18 @@ def run_align(cfg: AlignConfig) -> RunDir:
     with log_to_file(run.path / "log.txt"):
         t0 = time.perf_counter()
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
-        alignment = take(load_source(cfg.alignment_data, data_dir=cfg.data_dir), cfg.alignment_samples, f"alignment rows from {cfg.alignment_data}")
+        alignment = take(
+            load_source(cfg.alignment_data, data_dir=cfg.data_dir),
+            cfg.alignment_samples,
+            f"alignment rows from {cfg.alignment_data}",
+        )
         harmful_ds = None
         if spec.needs_harmful:
-            harmful = take(load_source(cfg.harmful_data, data_dir=cfg.data_dir), cfg.harmful_samples, f"harmful rows from {cfg.harmful_data}")
+            harmful = take(
+                load_source(cfg.harmful_data, data_dir=cfg.data_dir),
+                cfg.harmful_samples,
+                f"harmful rows from {cfg.harmful_data}",
+            )
             harmful_ds = encode_rows(harmful, tok, cfg.max_length, cfg.template)
         model = attach_lora(model, cfg.lora)
         history = HistoryCallback()
@@ -94,9 +118,19 @@ def run_align(cfg: AlignConfig) -> RunDir:
             stats = train_resumably(trainer, run, history)
         if trainer.is_world_process_zero():
             weights = save_weights(trainer.model, run)
-            metrics = {"stage": "align", "method": cfg.method, **stats, **mem.as_dict(), "wall_time_s": round(time.perf_counter() - t0, 2)}
+            metrics = {
+                "stage": "align",
+                "method": cfg.method,
+                **stats,
+                **mem.as_dict(),
+                "wall_time_s": round(time.perf_counter() - t0, 2),
+            }
             write_json(run.path / "metrics.json", metrics)
-            run.write_manifest(status="done", weights=[{"kind": weights, "path": str((run.path / weights).resolve())}], finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            run.write_manifest(
+                status="done",
+                weights=[{"kind": weights, "path": str((run.path / weights).resolve())}],
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
             remove_checkpoints(run)
         trainer.accelerator.wait_for_everyone()
     if not run.is_done():

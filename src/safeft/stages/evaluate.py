@@ -12,6 +12,7 @@ from safeft.data.sources import load_source, take
 from safeft.data.tasks import TASKS, get_task
 from safeft.data.templates import TEMPLATES
 from safeft.errors import SafeftError
+from safeft.evaluation.distributed import distributed_state
 from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
@@ -32,13 +33,21 @@ class EvaluateConfig(Config):
     harmful_prompts: str = option("beavertails-eval", "harmful prompt set: source name or file")
     limit: int = option(1000, "harmful prompts to evaluate (the first N)", range=(0, None))
     task: str | None = option(None, "task for fine-tune accuracy (omit to skip)", choices=(None, *TASKS))
-    task_data: str | None = option(None, "task evaluation rows: source name or file (default: the task's evaluation split)")
+    task_data: str | None = option(
+        None, "task evaluation rows: source name or file (default: the task's evaluation split)"
+    )
     task_limit: int = option(1000, "task rows to score (the first N)", range=(0, None))
-    max_new_tokens: int = option(128, "tokens generated per harmful prompt (reference: 128-512)", range=(1, None))
-    task_max_new_tokens: int = option(16, "tokens generated per task prompt (GSM8K needs ~256)", range=(1, None))
+    max_new_tokens: int = option(
+        128, "tokens generated per harmful prompt (reference: 128-512)", range=(1, None)
+    )
+    task_max_new_tokens: int = option(
+        16, "tokens generated per task prompt (GSM8K needs ~256)", range=(1, None)
+    )
     batch_size: int = option(16, "prompts generated together", range=(1, None))
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
-    data_dir: str | None = option(None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)")
+    data_dir: str | None = option(
+        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
+    )
     cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
 
     def check(self) -> list[str]:
@@ -56,30 +65,77 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
     parent = RunDir.open(cfg.run) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
-    out = start_run(cfg.output, "evaluate", cfg, parent=str(parent.path.resolve()) if parent else None, base_model=parent.manifest["base_model"] if parent else cfg.model)
+    out = start_run(
+        cfg.output,
+        "evaluate",
+        cfg,
+        parent=str(parent.path.resolve()) if parent else None,
+        base_model=parent.manifest["base_model"] if parent else cfg.model,
+    )
     with log_to_file(out.path / "log.txt"):
         t0 = time.perf_counter()
         if parent:
-            model, tok = load_weights_chain(parent.manifest["base_model"], parent.manifest.get("weights", []), cache=cfg.cache_dir, merge_last=True)
+            model, tok = load_weights_chain(
+                parent.manifest["base_model"],
+                parent.manifest.get("weights", []),
+                cache=cfg.cache_dir,
+                merge_last=True,
+            )
         else:
             model, tok = load_model(cfg.model, cache=cfg.cache_dir)  # type: ignore[arg-type]
-        prompts = take(load_source(cfg.harmful_prompts, data_dir=cfg.data_dir), cfg.limit, f"harmful prompts from {cfg.harmful_prompts}") if cfg.limit else []
+        prompts = (
+            take(
+                load_source(cfg.harmful_prompts, data_dir=cfg.data_dir),
+                cfg.limit,
+                f"harmful prompts from {cfg.harmful_prompts}",
+            )
+            if cfg.limit
+            else []
+        )
         task_records = None
         if cfg.task:
-            task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[: cfg.task_limit]
+            task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[
+                : cfg.task_limit
+            ]
+        # Under torchrun / accelerate launch: one device per process; prompts are split across processes.
+        state = distributed_state()
+        model.to(state.device)
         judge = get_judge(cfg.judge)
         metrics, harmful_rows, task_rows = evaluate_model(
-            model, tok, harmful_prompts=prompts, judge=judge, task_records=task_records, task_name=cfg.task,
-            max_new_tokens=cfg.max_new_tokens, task_max_new_tokens=cfg.task_max_new_tokens, batch_size=cfg.batch_size, template=cfg.template,
+            model,
+            tok,
+            harmful_prompts=prompts,
+            judge=judge,
+            task_records=task_records,
+            task_name=cfg.task,
+            max_new_tokens=cfg.max_new_tokens,
+            task_max_new_tokens=cfg.task_max_new_tokens,
+            batch_size=cfg.batch_size,
+            template=cfg.template,
+            progress=state.is_main_process,
         )
-        write_jsonl(out.path / "harmful_samples.jsonl", harmful_rows)
-        if task_rows:
-            write_jsonl(out.path / "task_samples.jsonl", task_rows)
-        metrics.update(
-            prompt_set=cfg.harmful_prompts, judge=judge.name, judge_version=judge.version, run=cfg.run, model=cfg.model,
-            decoding={"greedy": True, "max_new_tokens": cfg.max_new_tokens, "task_max_new_tokens": cfg.task_max_new_tokens, "batch_size": cfg.batch_size, "template": cfg.template},
-            versions=package_versions(), wall_time_s=round(time.perf_counter() - t0, 2),
-        )
-        write_json(out.path / "metrics.json", metrics)
-        out.write_manifest(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if state.is_main_process:  # every process holds the same gathered results; one writes them
+            write_jsonl(out.path / "harmful_samples.jsonl", harmful_rows)
+            if task_rows:
+                write_jsonl(out.path / "task_samples.jsonl", task_rows)
+            metrics.update(
+                prompt_set=cfg.harmful_prompts,
+                judge=judge.name,
+                judge_version=judge.version,
+                run=cfg.run,
+                model=cfg.model,
+                decoding={
+                    "greedy": True,
+                    "max_new_tokens": cfg.max_new_tokens,
+                    "task_max_new_tokens": cfg.task_max_new_tokens,
+                    "batch_size": cfg.batch_size,
+                    "template": cfg.template,
+                },
+                versions=package_versions(),
+                num_processes=state.num_processes,
+                wall_time_s=round(time.perf_counter() - t0, 2),
+            )
+            write_json(out.path / "metrics.json", metrics)
+            out.write_manifest(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        state.wait_for_everyone()  # the others return only once metrics.json exists
     return out

@@ -7,7 +7,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from safeft.config import Config, option
 from safeft.data.mix import build_poisoned_mix
@@ -20,8 +19,15 @@ from safeft.io import write_json, write_jsonl
 from safeft.methods import METHODS, get_method
 from safeft.models import LoraSettings, attach_lora, load_weights_chain
 from safeft.stages.align import MethodOptions, encode_rows
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, log_to_file, start_run
-from safeft.stages.training import HistoryCallback, TrainSettings, remove_checkpoints, save_weights, train_resumably, training_arguments
+from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, is_main_process, log_to_file, start_run
+from safeft.stages.training import (
+    HistoryCallback,
+    TrainSettings,
+    remove_checkpoints,
+    save_weights,
+    train_resumably,
+    training_arguments,
+)
 
 log = logging.getLogger("safeft")
 
@@ -30,7 +36,9 @@ FINETUNE_METHODS = tuple(name for name, spec in METHODS.items() if spec.stage ==
 
 def _attack_defaults() -> TrainSettings:
     # Reference attack: lr 1e-5, batch 10, weight decay 0.1, warm-up 0.1, 20 epochs (scaled down by default).
-    return TrainSettings(learning_rate=1e-5, epochs=1.0, batch_size=10, weight_decay=0.1, warmup_ratio=0.1, scheduler="linear")
+    return TrainSettings(
+        learning_rate=1e-5, epochs=1.0, batch_size=10, weight_decay=0.1, warmup_ratio=0.1, scheduler="linear"
+    )
 
 
 @dataclass
@@ -38,21 +46,39 @@ class FinetuneConfig(Config):
     """Fine-tuning stage (the harmful fine-tuning attack)"""
 
     output: str = option(None, "run directory to write")
-    from_run: str | None = option(None, "alignment run directory to start from (omit and give --model for the non-aligned baseline)")
+    from_run: str | None = option(
+        None, "alignment run directory to start from (omit and give --model for the non-aligned baseline)"
+    )
     model: str | None = option(None, "bare model to attack when there is no alignment run")
-    method: str = option("sft", "fine-tuning method: plain SFT, or a fine-tuning-stage defense", choices=FINETUNE_METHODS)
+    method: str = option(
+        "sft", "fine-tuning method: plain SFT, or a fine-tuning-stage defense", choices=FINETUNE_METHODS
+    )
     task: str = option("sst2", "benign task of the user's data", choices=tuple(TASKS))
-    task_data: str | None = option(None, "benign rows: source name or file (default: the task's training split)")
+    task_data: str | None = option(
+        None, "benign rows: source name or file (default: the task's training split)"
+    )
     samples: int = option(1000, "rows in the poisoned mix, n", range=(1, None))
-    poison_ratio: float = option(0.1, "fraction of harmful rows, p (exactly round(p*n) harmful rows)", range=(0.0, 1.0))
+    poison_ratio: float = option(
+        0.1, "fraction of harmful rows, p (exactly round(p*n) harmful rows)", range=(0.0, 1.0)
+    )
     harmful_data: str = option("beavertails-attack", "harmful QA rows of the attack: source name or file")
     eval_prompts: str = option("beavertails-eval", "evaluation prompts the harmful rows must not overlap")
-    exclude_overlaps: bool = option(True, "skip harmful rows whose prompt is an evaluation prompt or in the alignment harmful pool")
-    strict: bool = option(False, "refuse to run when harmful rows overlap evaluation prompts or the alignment pool")
-    adapter: str = option("auto", "continue: keep training the alignment adapter; new: merge it and train a fresh LoRA; auto: what the alignment method's paper does", choices=("auto", "continue", "new"))
+    exclude_overlaps: bool = option(
+        True, "skip harmful rows whose prompt is an evaluation prompt or in the alignment harmful pool"
+    )
+    strict: bool = option(
+        False, "refuse to run when harmful rows overlap evaluation prompts or the alignment pool"
+    )
+    adapter: str = option(
+        "auto",
+        "continue: keep training the alignment adapter; new: merge it and train a fresh LoRA; auto: what the alignment method's paper does",
+        choices=("auto", "continue", "new"),
+    )
     alignment_data: str = option("refusals", "alignment rows for fine-tuning-stage defenses (Lisa)")
     alignment_samples: int = option(1000, "alignment rows for Lisa", range=(1, None))
-    data_dir: str | None = option(None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)")
+    data_dir: str | None = option(
+        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
+    )
     max_length: int = option(256, "tokens per row after truncation", range=(8, None))
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
     cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
@@ -63,7 +89,9 @@ class FinetuneConfig(Config):
     def check(self) -> list[str]:
         problems = [] if self.output else ["output: required (the run directory to write)"]
         if bool(self.from_run) == bool(self.model):
-            problems.append(f"from_run / model: give exactly one (got from_run={self.from_run!r}, model={self.model!r})")
+            problems.append(
+                f"from_run / model: give exactly one (got from_run={self.from_run!r}, model={self.model!r})"
+            )
         return problems
 
 
@@ -73,7 +101,9 @@ def resolve_parent(cfg: FinetuneConfig) -> tuple[str, list[dict[str, str]], str,
         return cfg.model, [], "new", None
     parent = RunDir.open(cfg.from_run)  # type: ignore[arg-type]
     if parent.manifest.get("status") != "done":
-        raise SafeftError(f"alignment run {parent.path} is not finished (status {parent.manifest.get('status')!r}); rerun 'safeft align' on it first")
+        raise SafeftError(
+            f"alignment run {parent.path} is not finished (status {parent.manifest.get('status')!r}); rerun 'safeft align' on it first"
+        )
     mode = cfg.adapter
     if mode == "auto":
         method = parent.manifest.get("method", "sft")
@@ -100,8 +130,19 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         return RunDir.open(run.path)
     base, chain, mode, parent = resolve_parent(cfg)
     if mode == "continue" and (not chain or chain[-1]["kind"] != "adapter"):
-        raise SafeftError(f"--adapter continue needs an alignment run that saved a LoRA adapter; {cfg.from_run or cfg.model} has none. Use --adapter new.")
-    run = start_run(cfg.output, "finetune", cfg, method=cfg.method, base_model=base, parent=str(Path(cfg.from_run).resolve()) if cfg.from_run else None, adapter_mode=mode, alignment_method=parent.manifest.get("method") if parent else None)
+        raise SafeftError(
+            f"--adapter continue needs an alignment run that saved a LoRA adapter; {cfg.from_run or cfg.model} has none. Use --adapter new."
+        )
+    run = start_run(
+        cfg.output,
+        "finetune",
+        cfg,
+        method=cfg.method,
+        base_model=base,
+        parent=str(Path(cfg.from_run).resolve()) if cfg.from_run else None,
+        adapter_mode=mode,
+        alignment_method=parent.manifest.get("method") if parent else None,
+    )
     with log_to_file(run.path / "log.txt"):
         t0 = time.perf_counter()
         task = get_task(cfg.task)
@@ -110,10 +151,29 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         eval_prompts = load_source(cfg.eval_prompts, data_dir=cfg.data_dir)
         alignment_harmful = _alignment_harmful_pool(parent, cfg.data_dir)
         mix, report = build_poisoned_mix(
-            benign, harmful, cfg.samples, cfg.poison_ratio, cfg.train.seed,
-            eval_prompts=eval_prompts, alignment_harmful=alignment_harmful, strict=cfg.strict, exclude_overlaps=cfg.exclude_overlaps,
+            benign,
+            harmful,
+            cfg.samples,
+            cfg.poison_ratio,
+            cfg.train.seed,
+            eval_prompts=eval_prompts,
+            alignment_harmful=alignment_harmful,
+            strict=cfg.strict,
+            exclude_overlaps=cfg.exclude_overlaps,
         )
-        write_jsonl(run.path / "mix.jsonl", [{"instruction": r.instruction, "input": r.input, "output": r.output, **{k: v for k, v in r.meta.items() if k in ("source", "row", "is_safe")}} for r in mix])
+        if is_main_process():
+            write_jsonl(
+                run.path / "mix.jsonl",
+                [
+                    {
+                        "instruction": r.instruction,
+                        "input": r.input,
+                        "output": r.output,
+                        **{k: v for k, v in r.meta.items() if k in ("source", "row", "is_safe")},
+                    }
+                    for r in mix
+                ],
+            )
         model, tok = load_weights_chain(base, chain, cache=cfg.cache_dir, trainable_last=(mode == "continue"))
         if mode == "new":
             model = attach_lora(model, cfg.lora)
@@ -137,7 +197,15 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
             weights = save_weights(trainer.model, run)
             new_entry = {"kind": weights, "path": str((run.path / weights).resolve())}
             full_chain = (chain[:-1] if mode == "continue" else chain) + [new_entry]
-            metrics = {"stage": "finetune", "method": cfg.method, "adapter_mode": mode, "mix": report.as_dict(), **stats, **mem.as_dict(), "wall_time_s": round(time.perf_counter() - t0, 2)}
+            metrics = {
+                "stage": "finetune",
+                "method": cfg.method,
+                "adapter_mode": mode,
+                "mix": report.as_dict(),
+                **stats,
+                **mem.as_dict(),
+                "wall_time_s": round(time.perf_counter() - t0, 2),
+            }
             write_json(run.path / "metrics.json", metrics)
             run.write_manifest(status="done", weights=full_chain, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             remove_checkpoints(run)

@@ -55,7 +55,9 @@ def package_versions() -> dict[str, str]:
 def git_revision() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -68,6 +70,7 @@ def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) ->
 
 
 def is_main_process() -> bool:
+    """Rank 0 of a launched group (or the only process): the one that writes run directories and logs."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -84,7 +87,9 @@ class RunDir:
     def open(cls, path: str | Path) -> RunDir:
         path = Path(path)
         if not (path / "manifest.json").is_file():
-            raise SafeftError(f"{path} is not a safeft run directory (no manifest.json). Pass the --output folder of an earlier 'safeft align' or 'safeft finetune'.")
+            raise SafeftError(
+                f"{path} is not a safeft run directory (no manifest.json). Pass the --output folder of an earlier 'safeft align' or 'safeft finetune'."
+            )
         return cls(path, read_json(path / "manifest.json"))
 
     def is_done(self, fingerprint: str | None = None) -> bool:
@@ -130,7 +135,10 @@ def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> 
 
 @contextlib.contextmanager
 def log_to_file(path: Path) -> Iterator[None]:
-    """Send safeft's and transformers' log records to the run's log.txt as well."""
+    """Send safeft's and transformers' log records to the run's log.txt as well (rank 0 only)."""
+    if not is_main_process():
+        yield
+        return
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger("safeft"), logging.getLogger("transformers")]
@@ -195,4 +203,8 @@ class PeakMemory:
         return "cuda_max_allocated" if torch.cuda.is_available() else "process_rss"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"peak_memory_mb": round(self.peak_bytes / 2**20, 1), "baseline_memory_mb": round(self.baseline_bytes / 2**20, 1), "memory_measure": self.kind}
+        return {
+            "peak_memory_mb": round(self.peak_bytes / 2**20, 1),
+            "baseline_memory_mb": round(self.baseline_bytes / 2**20, 1),
+            "memory_measure": self.kind,
+        }

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from safeft.config import Config, option
+from safeft.errors import SafeftError
 from safeft.stages.runs import RunDir
 
 log = logging.getLogger("safeft")
@@ -29,7 +30,9 @@ class TrainSettings(Config):
     gradient_accumulation: int = option(1, "micro-batches per optimizer step", range=(1, None))
     weight_decay: float = option(0.1, "AdamW weight decay", range=(0, None))
     warmup_ratio: float = option(0.0, "fraction of steps with linear learning-rate warm-up", range=(0, 1))
-    scheduler: str = option("constant", "learning-rate schedule", choices=("constant", "linear", "cosine", "constant_with_warmup"))
+    scheduler: str = option(
+        "constant", "learning-rate schedule", choices=("constant", "linear", "cosine", "constant_with_warmup")
+    )
     bf16: bool = option(False, "bf16 autocast (CPU and GPU); weights stay fp32")
     seed: int = option(42, "seed of initialisation, shuffling and sampling", range=(0, None))
     logging_steps: int = option(1, "log loss and method metrics every N steps", range=(1, None))
@@ -63,6 +66,9 @@ def training_arguments(settings: TrainSettings, run: RunDir, **extra: Any) -> Tr
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # DDP: T-Vaccine freezes the undrawn blocks and multi-pass methods run extra passes, so some
+        # parameters get no gradient in a backward; DDP must look for them instead of waiting forever.
+        ddp_find_unused_parameters=True,
         **extra,
     )
 
@@ -81,16 +87,60 @@ class HistoryCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.step_times.append(time.perf_counter() - self._t)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         if logs:
             self.history.append({"step": state.global_step, **logs})
             if state.is_world_process_zero:
-                log.info("step %d: %s", state.global_step, {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()})
+                log.info(
+                    "step %d: %s",
+                    state.global_step,
+                    {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()},
+                )
+
+
+def check_parallelism(trainer: Any, method: str) -> None:
+    """Refuse methods whose computation would silently change under FSDP or DeepSpeed.
+
+    Under FSDP and DeepSpeed each process holds a shard of the parameters and gradients (or
+    DeepSpeed's engine owns them), so a method that reads or edits `.grad` itself (a custom
+    `training_step`: Vaccine, T-Vaccine, Booster) or reads the parameters outside the forward pass
+    (Lisa's proximal anchor) would work on shards. Methods that only change the loss and leave the
+    step to Trainer (SFT, RepNoise) are fine. A trainer class can state its support explicitly with
+    the attribute `supports_sharded_parameters`. Plain DDP supports every method.
+    """
+    from transformers import Trainer
+
+    sharded = (
+        "FSDP"
+        if getattr(trainer, "is_fsdp_enabled", False)
+        else "DeepSpeed"
+        if getattr(trainer, "is_deepspeed_enabled", False)
+        else None
+    )
+    if sharded is None:
+        return
+    cls = type(trainer)
+    supported = getattr(cls, "supports_sharded_parameters", cls.training_step is Trainer.training_step)
+    if not supported:
+        raise SafeftError(
+            f"method {method!r} is not supported under {sharded}: it works on whole parameter gradients "
+            f"(norms, simulated steps, perturbations), which {sharded} shards across processes. "
+            "Run it with plain data parallelism instead (safeft ... --num-processes N, or "
+            "configs/accelerate/8gpu-ddp.yaml); FSDP/DeepSpeed support sft and repnoise. See docs/distributed.md."
+        )
 
 
 def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict[str, Any]:
     """Train, resuming from the newest complete checkpoint if an earlier attempt was interrupted."""
+    check_parallelism(trainer, str(run.manifest.get("method", type(trainer).__name__)))
     checkpoint = run.latest_checkpoint()
+    if trainer.accelerator.num_processes > 1:
+        # Every rank must resume from the same checkpoint: rank 0's view of the folder decides.
+        from accelerate.utils import broadcast_object_list
+
+        checkpoint = broadcast_object_list([checkpoint])[0]
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     start = time.perf_counter()
@@ -104,6 +154,7 @@ def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict
         "train_wall_time_s": round(wall, 2),
         "seconds_per_step_median": round(times[len(times) // 2], 4) if times else None,
         "resumed_from": checkpoint,
+        "num_processes": trainer.accelerator.num_processes,
         "log_history": history.history,
     }
 

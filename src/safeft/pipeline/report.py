@@ -1,0 +1,590 @@
+"""`safeft report RUNS_DIR`: results and system tables (Markdown + CSV) and plots of an experiment.
+
+Reads the runs folder only: `experiment.json` (written by `safeft run`) names each stage and its
+place in the grid; without it (run directories made by hand with `safeft align/finetune/evaluate`)
+the grid labels are recovered from each run's manifest and config. Stages that are not done yet
+show as "–", so a report of a half-finished experiment is fine.
+
+Files written (atomically, into the runs folder):
+
+    results.md / results.csv   HS and FA (%) per method (rows, incl. "no defense") and poison ratio
+                               (columns), and the HS / FA of the aligned model before any attack;
+                               one table per task and attack setting; mean ± sd over seeds
+    results_long.csv           one row per evaluation (every seed), every metric
+    system.md / system.csv     alignment cost per method: seconds per step, total time, peak memory,
+                               and their ratios to SFT
+    plots/*.png                HS and FA vs poison ratio per method; alignment training-loss curves
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safeft.errors import SafeftError
+from safeft.io import atomic_write_text, read_json
+
+NO_DEFENSE = "no defense"
+INDEX_FILE = "experiment.json"
+MISSING = "–"
+METRICS = (
+    "harmful_score",
+    "harmful_score_plus",
+    "refusal_rate",
+    "finetune_accuracy",
+    "finetune_accuracy_lenient",
+    "n_harmful",
+    "n_task",
+    "wall_time_s",
+)
+
+
+@dataclass
+class Run:
+    """One stage's run directory with its grid labels and, when it is done, its metrics."""
+
+    id: str
+    kind: str
+    labels: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.metrics is not None
+
+
+# ----- reading the runs folder --------------------------------------------------------------------
+
+
+def _load_metrics(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = read_json(path / "manifest.json")
+        if manifest.get("status") != "done":
+            return None
+        return read_json(path / "metrics.json")
+    except (OSError, ValueError):
+        return None
+
+
+def _runs_from_index(runs_dir: Path, index: dict[str, Any]) -> list[Run]:
+    return [Run(s["id"], s["kind"], s["labels"], _load_metrics(runs_dir / s["id"])) for s in index["stages"]]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _runs_from_manifests(runs_dir: Path) -> list[Run]:
+    """Without experiment.json: labels from each run's manifest and config, following `parent` links."""
+    info: dict[
+        str, tuple[str, dict[str, Any], dict[str, Any], Path]
+    ] = {}  # resolved path -> (kind, manifest, config, path)
+    for manifest_path in sorted(runs_dir.glob("**/manifest.json")):
+        run_path = manifest_path.parent
+        try:
+            manifest = read_json(manifest_path)
+        except (OSError, ValueError):
+            continue
+        info[str(run_path.resolve())] = (
+            manifest.get("stage", ""),
+            manifest,
+            _read_yaml(run_path / "config.yaml"),
+            run_path,
+        )
+
+    def labels_of(key: str) -> dict[str, Any]:
+        kind, manifest, config, _ = info[key]
+        seed = (config.get("train") or {}).get("seed")
+        if kind == "align":
+            return {"method": manifest.get("method", config.get("method", "?")), "seed": seed}
+        if kind == "finetune":
+            method = manifest.get("alignment_method") or NO_DEFENSE if config.get("from_run") else NO_DEFENSE
+            return {
+                "method": method,
+                "seed": seed,
+                "task": config.get("task"),
+                "poison_ratio": config.get("poison_ratio"),
+                "attack": {},
+                "attacked": True,
+            }
+        parent = manifest.get("parent")
+        if parent and str(Path(parent).resolve()) in info:
+            up = labels_of(str(Path(parent).resolve()))
+            attacked = info[str(Path(parent).resolve())][0] == "finetune"
+            return {
+                **up,
+                "task": config.get("task") or up.get("task"),
+                "poison_ratio": up.get("poison_ratio"),
+                "attack": up.get("attack", {}),
+                "attacked": attacked,
+            }
+        return {
+            "method": NO_DEFENSE,
+            "seed": None,
+            "task": config.get("task"),
+            "poison_ratio": None,
+            "attack": {},
+            "attacked": False,
+        }
+
+    runs = []
+    for key, (kind, _, _, path) in info.items():
+        if kind in ("align", "finetune", "evaluate"):
+            runs.append(Run(str(path.relative_to(runs_dir)), kind, labels_of(key), _load_metrics(path)))
+    return runs
+
+
+def collect_runs(runs_dir: str | Path) -> list[Run]:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise SafeftError(
+            f"runs folder {runs_dir} does not exist. Pass the output folder of 'safeft run' (e.g. runs/<experiment name>)."
+        )
+    index_path = runs_dir / INDEX_FILE
+    runs = (
+        _runs_from_index(runs_dir, read_json(index_path))
+        if index_path.is_file()
+        else _runs_from_manifests(runs_dir)
+    )
+    if not runs:
+        raise SafeftError(
+            f"runs folder {runs_dir} holds no run directories (no experiment.json and no */manifest.json)."
+        )
+    return runs
+
+
+# ----- numbers ------------------------------------------------------------------------------------
+
+
+# Metric -> the keys it may have in an evaluation's metrics.json (percentages in [0, 100]).
+METRIC_KEYS = {
+    "harmful_score": ("harmful_score", "hs"),
+    "harmful_score_plus": ("harmful_score_plus", "hs_plus"),
+    "finetune_accuracy": ("finetune_accuracy", "fa_strict"),
+    "finetune_accuracy_lenient": ("finetune_accuracy_lenient", "fa_lenient"),
+}
+
+
+def metric(metrics: dict[str, Any], name: str) -> float | None:
+    """A percentage from metrics.json (None when absent or not a number)."""
+    for key in METRIC_KEYS.get(name, (name,)):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            return float(value)
+    return None
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _cell(values: list[float | None], digits: int = 1) -> str:
+    mean, sd = _mean_sd(values)  # type: ignore[arg-type]
+    if mean is None:
+        return MISSING
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _fmt_num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _attack_key(attack: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((attack or {}).items()))
+
+
+def _attack_title(key: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key) if key else ""
+
+
+def _method_order(runs: list[Run]) -> list[str]:
+    order: list[str] = []
+    for r in runs:
+        m = r.labels.get("method")
+        if m is not None and m not in order:
+            order.append(m)
+    return sorted(order, key=lambda m: m != NO_DEFENSE)  # the undefended reference first, then grid order
+
+
+# ----- results table ------------------------------------------------------------------------------
+
+
+@dataclass
+class ResultsTable:
+    task: str
+    attack: tuple[tuple[str, Any], ...]
+    ratios: list[float]
+    rows: list[dict[str, Any]]  # method, hs[ratio] / fa[ratio] (lists over seeds), hs_clean, fa_clean
+
+    @property
+    def title(self) -> str:
+        attack = _attack_title(self.attack)
+        return f"{self.task}" + (f", attack {attack}" if attack else "")
+
+
+def results_tables(runs: list[Run]) -> list[ResultsTable]:
+    evals = [r for r in runs if r.kind == "evaluate"]
+    methods = _method_order(evals)
+    clean: dict[tuple[str, str], list[Run]] = defaultdict(list)  # (method, task) -> unattacked evaluations
+    attacked: dict[tuple[str, tuple], list[Run]] = defaultdict(list)  # (task, attack) -> attacked evaluations
+    for r in evals:
+        if r.labels.get("attacked"):
+            attacked[(r.labels.get("task"), _attack_key(r.labels.get("attack", {})))].append(r)
+        else:
+            clean[(r.labels.get("method"), r.labels.get("task"))].append(r)
+    groups = list(attacked) or sorted({(task, ()) for _, task in clean}, key=str)
+    tables = []
+    for task, attack in groups:
+        group = attacked.get((task, attack), [])
+        ratios = sorted({r.labels["poison_ratio"] for r in group})
+        rows = []
+        for m in methods:
+            mine = [r for r in group if r.labels.get("method") == m]
+            unattacked = clean.get((m, task), [])
+            if not mine and not unattacked:
+                continue
+            row: dict[str, Any] = {"method": m, "hs": {}, "fa": {}}
+            for p in ratios:
+                at_p = [r for r in mine if r.labels["poison_ratio"] == p and r.done]
+                row["hs"][p] = [metric(r.metrics, "harmful_score") for r in at_p]  # type: ignore[union-attr]
+                row["fa"][p] = [metric(r.metrics, "finetune_accuracy") for r in at_p]  # type: ignore[union-attr]
+            row["hs_clean"] = [metric(r.metrics, "harmful_score") for r in unattacked if r.done]  # type: ignore[union-attr]
+            row["fa_clean"] = [metric(r.metrics, "finetune_accuracy") for r in unattacked if r.done]  # type: ignore[union-attr]
+            row["seeds"] = len({r.labels.get("seed") for r in mine if r.done}) or len(
+                {r.labels.get("seed") for r in unattacked if r.done}
+            )
+            rows.append(row)
+        tables.append(ResultsTable(task, attack, ratios, rows))
+    return tables
+
+
+def _results_header(t: ResultsTable) -> list[str]:
+    return (
+        ["method", "HS not attacked"]
+        + [f"HS p={_fmt_num(p)}" for p in t.ratios]
+        + [f"FA p={_fmt_num(p)}" for p in t.ratios]
+        + ["FA not attacked"]
+    )
+
+
+def _results_cells(t: ResultsTable, row: dict[str, Any]) -> list[str]:
+    return (
+        [row["method"], _cell(row["hs_clean"])]
+        + [_cell(row["hs"][p]) for p in t.ratios]
+        + [_cell(row["fa"][p]) for p in t.ratios]
+        + [_cell(row["fa_clean"])]
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def results_markdown(tables: list[ResultsTable]) -> str:
+    parts = []
+    for t in tables:
+        seeds = max((r["seeds"] for r in t.rows), default=0)
+        note = f" (mean ± sd over {seeds} seeds)" if seeds > 1 else ""
+        parts.append(
+            f"### Task {t.title}{note}\n\n"
+            + markdown_table(_results_header(t), [_results_cells(t, r) for r in t.rows])
+        )
+    legend = (
+        "HS: harmful score, % of answers to harmful prompts the judge flags (lower is better). "
+        "FA: fine-tune accuracy on the task, %. p: poison ratio of the attack. "
+        "'not attacked': the aligned model before fine-tuning (for 'no defense': the base model)."
+    )
+    return "\n\n".join(parts) + "\n\n" + legend + "\n"
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _mean_or_blank(values: list[float | None]) -> str:
+    mean, _ = _mean_sd(values)  # type: ignore[arg-type]
+    return "" if mean is None else f"{mean:.4g}"
+
+
+def results_csv(tables: list[ResultsTable]) -> str:
+    ratios = sorted({p for t in tables for p in t.ratios})
+    header = (
+        ["task", "attack", "method", "seeds", "hs_not_attacked"]
+        + [f"hs_p{_fmt_num(p)}" for p in ratios]
+        + [f"fa_p{_fmt_num(p)}" for p in ratios]
+        + ["fa_not_attacked"]
+    )
+    rows = []
+    for t in tables:
+        for r in t.rows:
+            rows.append(
+                [t.task, _attack_title(t.attack), r["method"], r["seeds"], _mean_or_blank(r["hs_clean"])]
+                + [_mean_or_blank(r["hs"].get(p, [])) for p in ratios]
+                + [_mean_or_blank(r["fa"].get(p, [])) for p in ratios]
+                + [_mean_or_blank(r["fa_clean"])]
+            )
+    return _csv_text(header, rows)
+
+
+def _long_value(metrics: dict[str, Any], key: str) -> Any:
+    value = metric(metrics, key) if key in METRIC_KEYS else metrics.get(key)
+    return "" if value is None else value
+
+
+def results_long_csv(runs: list[Run]) -> str:
+    header = ["id", "method", "seed", "task", "poison_ratio", "attack", "attacked", "status", *METRICS]
+    rows = []
+    for r in runs:
+        if r.kind != "evaluate":
+            continue
+        lab = r.labels
+        metrics = r.metrics or {}
+        rows.append(
+            [
+                r.id,
+                lab.get("method"),
+                lab.get("seed"),
+                lab.get("task"),
+                lab.get("poison_ratio"),
+                _attack_title(_attack_key(lab.get("attack", {}))),
+                lab.get("attacked"),
+                "done" if r.done else "not done",
+                *[_long_value(metrics, k) for k in METRICS],
+            ]
+        )
+    return _csv_text(header, rows)
+
+
+# ----- system table -------------------------------------------------------------------------------
+
+
+SYSTEM_COLUMNS = (
+    # (header, metrics key, digits)
+    ("s/step", "seconds_per_step_median", 2),
+    ("align time (s)", "train_wall_time_s", 0),
+    ("peak memory (MB)", "peak_memory_mb", 0),
+)
+
+
+def system_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    aligns = [r for r in runs if r.kind == "align" and r.done]
+    rows = []
+    for m in _method_order(aligns):
+        mine = [r.metrics for r in aligns if r.labels.get("method") == m]
+        row: dict[str, Any] = {
+            "method": m,
+            "runs": len(mine),
+            "steps": _mean_sd([x.get("global_step") for x in mine])[0],
+        }  # type: ignore[union-attr]
+        for _, key, _ in SYSTEM_COLUMNS:
+            values = [x.get(key, x.get("wall_time_s") if key == "train_wall_time_s" else None) for x in mine]  # type: ignore[union-attr]
+            row[key] = _mean_sd([v for v in values if v is not None])[0]
+        rows.append(row)
+    sft = next((r for r in rows if r["method"] == "sft"), None)
+    for row in rows:
+        for _, key, _ in SYSTEM_COLUMNS:
+            base = sft.get(key) if sft else None
+            row[f"{key}_ratio"] = row[key] / base if row[key] is not None and base else None
+    return rows
+
+
+def _num_or_missing(value: float | None, digits: int) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def system_markdown(rows: list[dict[str, Any]]) -> str:
+    header = (
+        ["method", "steps"]
+        + [h for h, _, _ in SYSTEM_COLUMNS]
+        + [f"{h.split(' (')[0]} / SFT" for h, _, _ in SYSTEM_COLUMNS]
+    )
+    body = [
+        [r["method"], _num_or_missing(r["steps"], 0)]
+        + [_num_or_missing(r[k], d) for _, k, d in SYSTEM_COLUMNS]
+        + [_num_or_missing(r[f"{k}_ratio"], 2) for _, k, _ in SYSTEM_COLUMNS]
+        for r in rows
+    ]
+    note = (
+        "Alignment stage, mean over seeds. s/step: median seconds per optimizer step; align time: training wall time; "
+        "peak memory: CUDA max allocated on GPU, process RSS on CPU (overstates multi-pass methods; see `safeft bench`)."
+    )
+    return markdown_table(header, body) + "\n\n" + note + "\n"
+
+
+def system_csv(rows: list[dict[str, Any]]) -> str:
+    keys = [k for _, k, _ in SYSTEM_COLUMNS]
+    header = ["method", "runs", "steps", *keys, *[f"{k}_ratio_to_sft" for k in keys]]
+    return _csv_text(
+        header,
+        [
+            [r["method"], r["runs"], r["steps"], *[r[k] for k in keys], *[r[f"{k}_ratio"] for k in keys]]
+            for r in rows
+        ],
+    )
+
+
+# ----- plots --------------------------------------------------------------------------------------
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """PNG written to a temporary file next to `path` and moved into place (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+
+
+def plot_vs_poison_ratio(table: ResultsTable, metric: str, path: Path) -> bool:
+    """HS or FA (y) against the poison ratio (x), one line per method (mean, error bar = sd over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, label = ("hs", "harmful score (%)") if metric == "hs" else ("fa", "fine-tune accuracy (%)")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    drawn = False
+    for row in table.rows:
+        points = [(p, *_mean_sd(row[key][p])) for p in table.ratios]
+        points = [(p, m, sd or 0.0) for p, m, sd in points if m is not None]
+        if not points:
+            continue
+        xs, ys, sds = zip(*points, strict=True)
+        style = dict(linestyle="--", color="grey") if row["method"] == NO_DEFENSE else {}
+        ax.errorbar(
+            xs, ys, yerr=sds if any(sds) else None, marker="o", capsize=3, label=row["method"], **style
+        )
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("poison ratio p")
+    ax.set_ylabel(label)
+    ax.set_xticks(table.ratios)
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{label.split(' (')[0]} vs poison ratio — {table.title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_alignment_loss(runs: list[Run], path: Path) -> bool:
+    """Training loss (y) against the optimizer step (x) of every alignment run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    drawn = False
+    colors: dict[str, str] = {}  # one colour per method, one line style per seed
+    seen_seeds: dict[str, int] = defaultdict(int)
+    for r in runs:
+        if r.kind != "align" or not r.done:
+            continue
+        points = [
+            (h["step"], h["loss"]) for h in r.metrics.get("log_history", []) if "loss" in h and "step" in h
+        ]  # type: ignore[union-attr]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        method, seed = str(r.labels.get("method")), r.labels.get("seed")
+        colors.setdefault(method, f"C{len(colors) % 10}")
+        style = ("-", "--", ":", "-.")[seen_seeds[method] % 4]
+        seen_seeds[method] += 1
+        ax.plot(
+            xs,
+            ys,
+            color=colors[method],
+            linestyle=style,
+            marker="." if len(xs) < 40 else None,
+            label=method + (f" (seed {seed})" if seed is not None else ""),
+        )
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (as logged by the method)")
+    ax.set_title("Alignment training loss", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return True
+
+
+# ----- the report ---------------------------------------------------------------------------------
+
+
+def write_report(runs_dir: str | Path) -> str:
+    """Write the tables and plots of a runs folder; return a printable summary."""
+    runs_dir = Path(runs_dir)
+    runs = collect_runs(runs_dir)
+    tables = results_tables(runs)
+    sys_rows = system_rows(runs)
+    results_md = results_markdown(tables) if tables else "No evaluations yet.\n"
+    system_md = system_markdown(sys_rows) if sys_rows else "No finished alignment runs yet.\n"
+    done = sum(r.done for r in runs)
+    status = f"{done} of {len(runs)} stages done" + (
+        "" if done == len(runs) else " (rerun 'safeft run' to finish the rest)"
+    )
+
+    written = []
+    atomic_write_text(runs_dir / "results.md", f"# Results: {runs_dir.name}\n\n{status}\n\n{results_md}")
+    atomic_write_text(runs_dir / "results.csv", results_csv(tables))
+    atomic_write_text(runs_dir / "results_long.csv", results_long_csv(runs))
+    atomic_write_text(runs_dir / "system.md", f"# System cost: {runs_dir.name}\n\n{system_md}")
+    atomic_write_text(runs_dir / "system.csv", system_csv(sys_rows))
+    written += ["results.md", "results.csv", "results_long.csv", "system.md", "system.csv"]
+    plots = runs_dir / "plots"
+    for t in tables:
+        suffix = _slug(t.task + ("_" + _attack_title(t.attack) if t.attack else ""))
+        for metric in ("hs", "fa"):
+            name = f"{metric}_vs_poison_ratio_{suffix}.png"
+            if t.ratios and plot_vs_poison_ratio(t, metric, plots / name):
+                written.append(f"plots/{name}")
+    if plot_alignment_loss(runs, plots / "alignment_loss.png"):
+        written.append("plots/alignment_loss.png")
+    return (
+        f"Report of {runs_dir} ({status})\n\nResults\n\n{results_md}\nSystem cost of the alignment stage\n\n{system_md}\n"
+        f"Written to {runs_dir}: {', '.join(written)}"
+    )

@@ -1,0 +1,239 @@
+"""Experiments: grid expansion, stage reuse, the plan, dry runs, config errors, and a real tiny run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safeft.errors import ConfigError
+from safeft.pipeline import experiment as ex
+from safeft.pipeline.demo_data import write_demo_data
+from safeft.stages.runs import config_fingerprint
+
+
+def experiment_dict(tmp_path: Path, **grid) -> dict:
+    """A complete experiment on the tiny random model, with small demo files written by the test."""
+    data = write_demo_data(
+        tmp_path / "data", n_refusals=24, n_pool=16, n_attack=24, n_eval=8, n_task=32, n_task_eval=8
+    )
+    train = {"max_steps": 3, "batch_size": 4, "save_steps": 2, "progress": False}
+    return {
+        "name": "tiny",
+        "output": str(tmp_path / "runs"),
+        "base": {
+            "align": {
+                "model": "tiny-random-llama",
+                "alignment_data": data["refusals"],
+                "alignment_samples": 16,
+                "harmful_data": data["harmful_pool"],
+                "harmful_samples": 8,
+                "max_length": 48,
+                "train": train,
+                "methods": {"booster": {"harmful_batch_size": 4}},
+            },
+            "finetune": {
+                "task_data": data["sst2_train"],
+                "harmful_data": data["attack"],
+                "eval_prompts": data["eval_prompts"],
+                "samples": 16,
+                "max_length": 48,
+                "train": {**train, "learning_rate": 1e-3},
+            },
+            "evaluate": {
+                "judge": "keyword",
+                "harmful_prompts": data["eval_prompts"],
+                "task_data": data["sst2_eval"],
+                "limit": 4,
+                "task_limit": 4,
+                "max_new_tokens": 4,
+                "task_max_new_tokens": 2,
+                "batch_size": 4,
+            },
+        },
+        "grid": {
+            "methods": ["sft", "booster"],
+            "poison_ratios": [0.05, 0.1],
+            "tasks": ["sst2"],
+            "seeds": [1, 2],
+            **grid,
+        },
+    }
+
+
+def build(tmp_path: Path, **grid) -> list[ex.Stage]:
+    return ex.expand(ex.ExperimentConfig.from_dict(experiment_dict(tmp_path, **grid)))
+
+
+def by_kind(stages: list[ex.Stage], kind: str) -> list[ex.Stage]:
+    return [s for s in stages if s.kind == kind]
+
+
+def test_grid_expands_to_one_alignment_per_method_and_seed_shared_by_every_attack(tmp_path):
+    stages = build(tmp_path)
+    aligns, attacks, evals = (
+        by_kind(stages, "align"),
+        by_kind(stages, "finetune"),
+        by_kind(stages, "evaluate"),
+    )
+    assert len(aligns) == 2 * 2  # methods x seeds, whatever the number of poison ratios
+    assert len(attacks) == 2 * 2 * 2 + 2 * 2  # defended (method x seed x p) + no defense (seed x p)
+    assert (
+        len(evals) == len(attacks) + 2 * 2 + 1
+    )  # every attack + each aligned model unattacked + the base model
+    assert sorted(s.path.name.rsplit("-", 1)[0] for s in aligns) == [
+        "booster-s1",
+        "booster-s2",
+        "sft-s1",
+        "sft-s2",
+    ]
+    for align in aligns:
+        children = [s for s in attacks if s.depends_on == [align.id]]
+        assert sorted(s.labels["poison_ratio"] for s in children) == [0.05, 0.1]
+        assert all(
+            s.config.from_run == str(align.path) and s.config.train.seed == align.config.train.seed
+            for s in children
+        )
+        assert align.path.parent == tmp_path / "runs" / "align"
+    undefended = [s for s in attacks if s.labels["method"] == ex.NO_DEFENSE]
+    assert all(
+        s.config.model == "tiny-random-llama" and s.config.from_run is None and not s.depends_on
+        for s in undefended
+    )
+    for ev in evals:
+        assert ev.config.task == "sst2"
+        if ev.labels["attacked"]:
+            assert ev.config.run == str(next(s.path for s in attacks if s.id == ev.depends_on[0]))
+
+
+def test_stages_come_after_their_dependencies_and_ids_are_stable(tmp_path):
+    stages = build(tmp_path)
+    seen: set[str] = set()
+    for st in stages:
+        assert set(st.depends_on) <= seen, st.id
+        seen.add(st.id)
+    assert len(seen) == len(stages)
+    assert [s.id for s in build(tmp_path)] == [s.id for s in stages]
+
+
+def test_changing_the_attack_keeps_the_alignments_and_renames_the_attacks(tmp_path):
+    before = build(tmp_path)
+    data = experiment_dict(tmp_path)
+    data["base"]["finetune"]["train"]["learning_rate"] = 5e-4
+    after = ex.expand(ex.ExperimentConfig.from_dict(data))
+    ids = lambda stages, kind: {s.id for s in by_kind(stages, kind)}  # noqa: E731
+    assert ids(before, "align") == ids(after, "align")
+    assert not ids(before, "finetune") & ids(after, "finetune")
+
+
+def test_attack_sweep_axes_multiply_the_attacks(tmp_path):
+    stages = build(
+        tmp_path,
+        methods=["sft"],
+        seeds=[1],
+        poison_ratios=[0.1],
+        include_no_defense=False,
+        attack={"learning_rate": [1e-4, 1e-3], "samples": [8, 16]},
+    )
+    attacks = by_kind(stages, "finetune")
+    assert len(attacks) == 4
+    assert {(s.config.train.learning_rate, s.config.samples) for s in attacks} == {
+        (1e-4, 8),
+        (1e-4, 16),
+        (1e-3, 8),
+        (1e-3, 16),
+    }
+    assert any("-lr0.0001-n8-" in s.path.name for s in attacks)
+    assert all(s.labels["attack"].keys() == {"learning_rate", "samples"} for s in attacks)
+
+
+def test_every_problem_of_every_stage_is_reported_once(tmp_path):
+    data = experiment_dict(tmp_path, methods=["sft", "boostr"])
+    data["base"]["align"]["train"]["learing_rate"] = 1e-3
+    data["base"]["evaluate"]["run"] = "somewhere"
+    with pytest.raises(ConfigError) as e:
+        ex.expand(ex.ExperimentConfig.from_dict(data))
+    text = str(e.value)
+    assert "did you mean 'booster'" in text
+    assert text.count("learing_rate") == 1 and "did you mean 'train.learning_rate'" in text
+    assert "evaluate.run" in text  # a key the grid sets
+    data = experiment_dict(tmp_path, attack={"epochs": [1, 2]})
+    with pytest.raises(ConfigError, match="grid.attack.epochs: has no effect"):
+        ex.expand(ex.ExperimentConfig.from_dict(data))
+
+
+def test_plan_marks_done_stages_cached_so_an_unchanged_rerun_runs_nothing(tmp_path):
+    stages = ex.plan(build(tmp_path))
+    assert not any(s.cached for s in stages)
+    first = stages[0]
+    first.path.mkdir(parents=True)
+    (first.path / "manifest.json").write_text(json.dumps({"status": "done", "fingerprint": "something else"}))
+    assert not ex.plan([first])[0].cached  # done, but with another config: rerun
+    for st in stages:
+        st.path.mkdir(parents=True, exist_ok=True)
+        (st.path / "manifest.json").write_text(
+            json.dumps({"status": "done", "fingerprint": config_fingerprint(st.config)})
+        )
+    assert all(s.cached for s in ex.plan(build(tmp_path)))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            experiment_dict(
+                tmp_path, methods=["sft"], seeds=[1], poison_ratios=[0.1], include_no_defense=False
+            )
+        )
+    )
+    assert ex.run_experiment(path, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "experiment tiny: 4 stages, 0 cached, 4 to run" in out
+    assert "1/4  run" in out and "align/sft-s1-" in out and "after align/sft-s1-" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resolved_stage_config_survives_its_yaml_file(tmp_path):
+    """The multi-process path hands each stage its config as YAML: the fingerprint must not change."""
+    for st in build(tmp_path):
+        st.config.save(tmp_path / "c.yaml")
+        assert config_fingerprint(type(st.config).load(tmp_path / "c.yaml")) == config_fingerprint(st.config)
+
+
+def test_several_processes_launch_each_stage_with_its_resolved_config(tmp_path, monkeypatch):
+    import safeft.launch
+
+    calls = []
+    monkeypatch.setattr(safeft.launch, "launch", lambda argv, n: calls.append((argv, n)) or 0)
+    stage = build(tmp_path)[0]
+    ex.run_stage(stage, num_processes=2)
+    assert calls == [([stage.kind, "--config", str(stage.path / "config.yaml")], 2)]
+    assert yaml.safe_load((stage.path / "config.yaml").read_text())["output"] == str(stage.path)
+
+
+def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
+    """A real run on the tiny model: every stage done, report written; the same command again skips them all."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            experiment_dict(
+                tmp_path, methods=["sft", "booster"], seeds=[1], poison_ratios=[0.1], include_no_defense=False
+            )
+        )
+    )
+    caplog.set_level("INFO", logger="safeft")
+    assert ex.run_experiment(path) == 0
+    assert "stage 8/8: evaluate/" in caplog.text
+    runs = tmp_path / "runs"
+    for st in json.loads((runs / "experiment.json").read_text())["stages"]:
+        assert json.loads((runs / st["id"] / "manifest.json").read_text())["status"] == "done"
+    md = (runs / "results.md").read_text()
+    assert "| sft |" in md and "| booster |" in md and (runs / "plots" / "alignment_loss.png").is_file()
+    capsys.readouterr()
+    assert ex.run_experiment(path, dry_run=True) == 0
+    assert "8 stages, 8 cached, 0 to run" in capsys.readouterr().out
+    caplog.clear()
+    assert ex.run_experiment(path) == 0
+    assert caplog.text.count("(cached, skipped)") == 8

@@ -1,0 +1,250 @@
+"""The report: hand-written run directories in, tables with the right cells and PNG plots out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from safeft.errors import SafeftError
+from safeft.pipeline.report import collect_runs, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(root: Path, run_id: str, manifest: dict, metrics: dict | None, config: str = "") -> None:
+    path = root / run_id
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    if config:
+        (path / "config.yaml").write_text(config)
+
+
+def _align_metrics(step_s: float, wall: float, mem: float, losses: list[float]) -> dict:
+    history = [{"step": i + 1, "loss": v} for i, v in enumerate(losses)] + [
+        {"step": len(losses), "train_loss": sum(losses) / len(losses)}
+    ]
+    return {
+        "seconds_per_step_median": step_s,
+        "train_wall_time_s": wall,
+        "peak_memory_mb": mem,
+        "global_step": len(losses),
+        "log_history": history,
+    }
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    """sft and booster with two seeds each, attacked at p = 0.1 and 0.2, plus the undefended base model."""
+    root = tmp_path / "exp"
+    stages = []
+
+    def add(run_id: str, kind: str, labels: dict, metrics: dict | None, status: str = "done") -> None:
+        _run(root, run_id, {"stage": kind, "status": status}, metrics)
+        stages.append({"id": run_id, "kind": kind, "labels": labels, "depends_on": []})
+
+    def ev(hs: float, fa: float) -> dict:
+        return {
+            "harmful_score": 100 * hs,
+            "finetune_accuracy": 100 * fa,
+            "refusal_rate": 100 * (1 - hs),
+            "n_harmful": 100,
+            "n_task": 50,
+        }
+
+    add(
+        "evaluate/none-unattacked-sst2-aa",
+        "evaluate",
+        {
+            "method": "no defense",
+            "seed": None,
+            "task": "sst2",
+            "poison_ratio": None,
+            "attack": {},
+            "attacked": False,
+        },
+        ev(0.60, 0.50),
+    )
+    for p, hs in ((0.1, 0.70), (0.2, 0.80)):
+        add(
+            f"evaluate/none-s1-sst2-p{p}-aa",
+            "evaluate",
+            {
+                "method": "no defense",
+                "seed": 1,
+                "task": "sst2",
+                "poison_ratio": p,
+                "attack": {},
+                "attacked": True,
+            },
+            ev(hs, 0.90),
+        )
+    for method, base_hs, step_s, mem in (("sft", 0.30, 2.0, 1000.0), ("booster", 0.10, 6.0, 1500.0)):
+        for seed, delta in ((1, -0.02), (2, 0.02)):
+            add(
+                f"align/{method}-s{seed}-aa",
+                "align",
+                {"method": method, "seed": seed},
+                _align_metrics(step_s, step_s * 10, mem, [2.0, 1.5, 1.0 - delta]),
+            )
+            add(
+                f"evaluate/{method}-s{seed}-unattacked-sst2-aa",
+                "evaluate",
+                {
+                    "method": method,
+                    "seed": seed,
+                    "task": "sst2",
+                    "poison_ratio": None,
+                    "attack": {},
+                    "attacked": False,
+                },
+                ev(0.05, 0.40),
+            )
+            for p in (0.1, 0.2):
+                labels = {
+                    "method": method,
+                    "seed": seed,
+                    "task": "sst2",
+                    "poison_ratio": p,
+                    "attack": {},
+                    "attacked": True,
+                }
+                add(
+                    f"evaluate/{method}-s{seed}-sst2-p{p}-aa",
+                    "evaluate",
+                    labels,
+                    ev(base_hs + p + delta, 0.92),
+                )
+    (root / "experiment.json").write_text(json.dumps({"name": "exp", "stages": stages}))
+    return root
+
+
+def _md_row(text: str, method: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_results_table_cells_are_percent_means_over_seeds(runs_dir):
+    summary = write_report(runs_dir)
+    md = (runs_dir / "results.md").read_text()
+    header = [
+        c.strip()
+        for c in next(line for line in md.splitlines() if line.startswith("| method")).strip("|").split("|")
+    ]
+    assert header == [
+        "method",
+        "HS not attacked",
+        "HS p=0.1",
+        "HS p=0.2",
+        "FA p=0.1",
+        "FA p=0.2",
+        "FA not attacked",
+    ]
+    # sft at p=0.1: seeds give 0.30+0.1-0.02 and 0.30+0.1+0.02 -> mean 40.0 %, sd 2.8
+    assert _md_row(md, "sft") == [
+        "sft",
+        "5.0 ± 0.0",
+        "40.0 ± 2.8",
+        "50.0 ± 2.8",
+        "92.0 ± 0.0",
+        "92.0 ± 0.0",
+        "40.0 ± 0.0",
+    ]
+    assert _md_row(md, "booster")[2:4] == ["20.0 ± 2.8", "30.0 ± 2.8"]
+    # the undefended row comes first; one seed -> no sd
+    assert _md_row(md, "no defense") == ["no defense", "60.0", "70.0", "80.0", "90.0", "90.0", "50.0"]
+    assert md.index("| no defense |") < md.index("| sft |") < md.index("| booster |")
+    assert "| booster |" in summary
+
+    rows = list(csv.DictReader((runs_dir / "results.csv").open()))
+    booster = next(r for r in rows if r["method"] == "booster")
+    assert (
+        booster["task"],
+        float(booster["hs_p0.2"]),
+        float(booster["fa_not_attacked"]),
+        booster["seeds"],
+    ) == ("sst2", 30.0, 40.0, "2")
+    long_rows = list(csv.DictReader((runs_dir / "results_long.csv").open()))
+    assert len(long_rows) == 1 + 2 + 2 * 2 * 3
+
+
+def test_system_table_has_ratios_to_sft(runs_dir):
+    write_report(runs_dir)
+    md = (runs_dir / "system.md").read_text()
+    assert _md_row(md, "booster") == ["booster", "3", "6.00", "60", "1500", "3.00", "3.00", "1.50"]
+    assert _md_row(md, "sft")[-3:] == ["1.00", "1.00", "1.00"]
+    rows = {r["method"]: r for r in csv.DictReader((runs_dir / "system.csv").open())}
+    assert float(rows["booster"]["seconds_per_step_median_ratio_to_sft"]) == pytest.approx(3.0)
+
+
+def test_plots_are_png_files(runs_dir):
+    write_report(runs_dir)
+    for name in ("hs_vs_poison_ratio_sst2.png", "fa_vs_poison_ratio_sst2.png", "alignment_loss.png"):
+        data = (runs_dir / "plots" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert not list(runs_dir.glob("**/*.tmp"))
+
+
+def test_unfinished_stages_show_as_missing(runs_dir):
+    (runs_dir / "evaluate/booster-s1-sst2-p0.2-aa/manifest.json").write_text(
+        json.dumps({"stage": "evaluate", "status": "running"})
+    )
+    (runs_dir / "evaluate/booster-s2-sst2-p0.2-aa/metrics.json").unlink()
+    (runs_dir / "evaluate/booster-s2-sst2-p0.2-aa/manifest.json").write_text(
+        json.dumps({"stage": "evaluate", "status": "running"})
+    )
+    summary = write_report(runs_dir)
+    assert _md_row((runs_dir / "results.md").read_text(), "booster")[3] == "–"
+    assert "2 stages" not in summary and "rerun 'safeft run'" in summary
+
+
+def test_report_without_index_follows_manifest_parents(tmp_path):
+    """Run directories made stage by stage with the CLI: labels come from manifests and configs."""
+    root = tmp_path / "manual"
+    align, attack = root / "align-booster", root / "attack"
+    _run(
+        root,
+        "align-booster",
+        {"stage": "align", "status": "done", "method": "booster"},
+        _align_metrics(3.0, 30, 900, [1.0, 0.5]),
+        "method: booster\ntrain:\n  seed: 7\n",
+    )
+    _run(
+        root,
+        "attack",
+        {
+            "stage": "finetune",
+            "status": "done",
+            "parent": str(align.resolve()),
+            "alignment_method": "booster",
+        },
+        {},
+        f"from_run: {align}\ntask: sst2\npoison_ratio: 0.05\ntrain:\n  seed: 7\n",
+    )
+    _run(
+        root,
+        "eval",
+        {"stage": "evaluate", "status": "done", "parent": str(attack.resolve())},
+        {"hs": 25.0, "fa_strict": 50.0},
+        f"run: {attack}\ntask: sst2\n",
+    )
+    runs = {r.id: r for r in collect_runs(root)}
+    assert runs["eval"].labels == {
+        "method": "booster",
+        "seed": 7,
+        "task": "sst2",
+        "poison_ratio": 0.05,
+        "attack": {},
+        "attacked": True,
+    }
+    write_report(root)
+    assert _md_row((root / "results.md").read_text(), "booster") == ["booster", "–", "25.0", "50.0", "–"]
+
+
+def test_missing_runs_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SafeftError, match="does not exist"):
+        write_report(tmp_path / "nope")
