@@ -1,0 +1,286 @@
+"""`safeft bench`: what each method costs, measured in one run on this machine.
+
+- seconds per optimizer step and peak live-tensor memory of every method, as ratios to SFT (same
+  model, LoRA, batch, sequence length; fp32 and bf16 autocast): see `safeft.bench.training`;
+- generation throughput, batched vs one prompt at a time, and each judge's pairs/s: see
+  `safeft.bench.evaluation`;
+- optionally the wall time of `safeft quickstart`.
+
+The result is written as Markdown (default docs/benchmarks.md) with a JSON of the raw numbers next
+to it. Only ratios measured in the same run are comparable: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeft.errors import SafeftError
+
+log = logging.getLogger("safeft.bench")
+
+# The methods of the main table, in the order of the papers' comparisons.
+DEFAULT_METHODS = ("sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa")
+JUDGES = ("keyword", "cpu")
+
+
+@dataclass
+class BenchSettings:
+    """What one benchmark run measures (every method sees the same values)."""
+
+    model: str = "smollm2-135m"
+    batch_size: int = 8
+    seq_len: int = 64
+    lora_r: int = 32
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    reps: int = 3  # timed rounds per precision (after one warm-up round and one memory round)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    prompts: int = 64
+    max_new_tokens: int = 64
+    generation_batch_size: int = 16
+    judges: tuple[str, ...] = JUDGES
+    data_dir: str | None = None
+    quickstart: bool = False
+
+    @classmethod
+    def smoke(cls, model: str | None = None, **overrides: Any) -> BenchSettings:
+        values = dict(
+            model=model or "tiny-random-llama",
+            batch_size=2,
+            seq_len=16,
+            lora_r=4,
+            precisions=("fp32",),
+            reps=2,
+            prompts=4,
+            max_new_tokens=4,
+            generation_batch_size=4,
+            judges=("keyword",),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class BenchResult:
+    settings: BenchSettings
+    machine: dict[str, Any]
+    command: str
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> method -> numbers
+    generation: dict[str, Any] = field(default_factory=dict)
+    judges: dict[str, Any] = field(default_factory=dict)
+    quickstart: dict[str, Any] = field(default_factory=dict)
+    seconds_total: float = 0.0
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("unknown", "x86_64", ""):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = "not installed"
+    from safeft import __version__
+
+    return {
+        "cpu": cpu,
+        "cpu_features": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft_version,
+        "safeft": __version__,
+        "platform": platform.platform(),
+    }
+
+
+def _training(result: BenchResult, model: Any, tok: Any) -> None:
+    from safeft.bench.training import StepSetup, measure_methods
+
+    s = result.settings
+    for precision in s.precisions:
+        setup = StepSetup(batch_size=s.batch_size, seq_len=s.seq_len, lora_r=s.lora_r, precision=precision)
+        costs = measure_methods(s.methods, model, tok.pad_token_id, setup, s.reps)
+        ref = costs.get("sft")
+        table = {}
+        for name, c in costs.items():
+            row: dict[str, Any] = {
+                "seconds": asdict(c.seconds),
+                "memory": asdict(c.memory),
+            }
+            if ref is not None:
+                row["time_ratio"] = c.seconds.median / ref.seconds.median
+                # Spread of the ratio: per-round ratios (each round ran every method once).
+                per_round = sorted(a / b for a, b in zip(c.seconds.values, ref.seconds.values, strict=True))
+                row["time_ratio_min"], row["time_ratio_max"] = per_round[0], per_round[-1]
+                row["memory_ratio"] = c.memory.peak_bytes / ref.memory.peak_bytes
+                row["training_memory_ratio"] = (c.memory.peak_bytes - _weights(model)) / (
+                    ref.memory.peak_bytes - _weights(model)
+                )
+            table[name] = row
+        result.training[precision] = table
+
+
+def _weights(model: Any) -> int:
+    """Bytes of the frozen base weights (the part of every method's peak that no method changes)."""
+    seen: dict[int, int] = {}
+    for p in list(model.parameters()) + list(model.buffers()):
+        st = p.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def _evaluation(result: BenchResult, model: Any, tok: Any) -> None:
+    from safeft.bench.evaluation import eval_prompts, generation_throughput, judge_throughput
+
+    s = result.settings
+    prompts, where = eval_prompts(s.prompts, s.data_dir)
+    speeds, answers, same = generation_throughput(
+        model, tok, prompts, s.max_new_tokens, s.generation_batch_size
+    )
+    result.generation = {
+        "prompts": where,
+        "max_new_tokens": s.max_new_tokens,
+        "batch_size": s.generation_batch_size,
+        "identical_answers": same,
+        **{
+            k: {"answers": v.items, "seconds": v.seconds, "answers_per_second": v.per_second}
+            for k, v in speeds.items()
+        },
+        "speedup": speeds["batched"].per_second / speeds["one_at_a_time"].per_second,
+    }
+    for name, t in judge_throughput(s.judges, prompts, answers).items():
+        result.judges[name] = (
+            {"error": t}
+            if isinstance(t, str)
+            else {"pairs": t.items, "seconds": t.seconds, "pairs_per_second": t.per_second}
+        )
+
+
+def _quickstart(result: BenchResult, output: Path) -> None:
+    """Time `safeft quickstart` (with --quickstart), else read the time of a finished run if one exists."""
+    from safeft.pipeline.quickstart import run_quickstart
+
+    s = result.settings
+    runs = output.parent.parent / "runs" / "bench-quickstart"
+    if s.quickstart:
+        start = time.perf_counter()
+        code = run_quickstart(output=runs, data_dir=s.data_dir)
+        result.quickstart = {
+            "seconds": time.perf_counter() - start,
+            "exit_code": code,
+            "runs": str(runs),
+            "measured": "now",
+        }
+        return
+    finished = Path("runs/quickstart")
+    walls = (
+        [json.loads(m.read_text()).get("wall_time_s") for m in sorted(finished.glob("**/metrics.json"))]
+        if finished.is_dir()
+        else []
+    )
+    walls = [w for w in walls if isinstance(w, (int, float))]
+    if walls:
+        result.quickstart = {
+            "seconds": sum(walls),
+            "runs": str(finished),
+            "measured": f"earlier: sum of the wall_time_s of the {len(walls)} finished stages in {finished}/ (not re-run; pass --quickstart to time it now)",
+        }
+    else:
+        result.quickstart = {"measured": "not run (pass --quickstart to time it; it takes minutes)"}
+
+
+def run_bench(
+    model: str | None = None,
+    smoke: bool = False,
+    output: str | Path = "docs/benchmarks.md",
+    *,
+    data_dir: str | None = None,
+    quickstart: bool = False,
+    reps: int | None = None,
+    seq_len: int | None = None,
+    precisions: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
+    threads: int | None = None,
+) -> int:
+    """Run the benchmark, write `output` (Markdown) and `output` with suffix .json; return 0."""
+    from safeft.bench.report import write_report
+    from safeft.methods import METHODS
+    from safeft.models import load_model
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            reps=reps, seq_len=seq_len, precisions=precisions, methods=methods, quickstart=quickstart
+        ).items()
+        if v not in (None, False)
+    }
+    overrides["data_dir"] = data_dir or os.environ.get("SAFEFT_DATA_DIR") or None
+    settings = (
+        BenchSettings.smoke(model, **overrides)
+        if smoke
+        else BenchSettings(model=model or "smollm2-135m", **overrides)
+    )
+    unknown = [m for m in settings.methods if m not in METHODS]
+    if unknown:
+        raise SafeftError(f"bench: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
+    if "sft" not in settings.methods:
+        raise SafeftError("bench: the methods must include 'sft' (every ratio is to SFT)")
+    bad = [p for p in settings.precisions if p not in ("fp32", "bf16")]
+    if bad:
+        raise SafeftError(f"bench: precision(s) {', '.join(bad)}; expected fp32 and/or bf16")
+    if settings.reps < 1:
+        raise SafeftError(f"bench: reps must be >= 1, got {settings.reps}")
+
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise SafeftError(f"bench: threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    output = Path(output)
+    start = time.perf_counter()
+    result = BenchResult(
+        settings,
+        machine_info(),
+        "safeft " + shlex.join(sys.argv[1:])
+        if sys.argv[0].endswith("safeft")
+        else f"run_bench(model={settings.model!r}, smoke={smoke})",
+    )
+    log.info("bench: loading %s", settings.model)
+    model_obj, tok = load_model(settings.model)
+    _training(result, model_obj, tok)
+    _evaluation(result, model_obj, tok)
+    _quickstart(result, output)
+    result.seconds_total = time.perf_counter() - start
+    write_report(result, output)
+    log.info("bench: wrote %s and %s (%.0f s)", output, output.with_suffix(".json"), result.seconds_total)
+    return 0
+
+
+__all__ = ["run_bench", "BenchSettings", "BenchResult"]

@@ -1,0 +1,47 @@
+"""`safeft bench --smoke`: the structure of the report (never absolute times: the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+
+from safeft.bench import DEFAULT_METHODS, run_bench
+from safeft.cli import main
+from safeft.methods import METHODS
+
+
+def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
+    out = tmp_path / "docs" / "benchmarks.md"
+
+    assert run_bench(smoke=True, output=out) == 0
+
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(DEFAULT_METHODS) == set(METHODS)
+    table = data["training"]["fp32"]
+    assert set(table) == set(METHODS)
+    for name, row in table.items():
+        assert row["time_ratio"] > 0 and row["memory_ratio"] > 0, name
+        assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
+        assert row["memory"]["peak_bytes"] >= row["memory"]["state_bytes"] > 0
+    assert table["sft"]["time_ratio"] == 1.0 and table["sft"]["memory_ratio"] == 1.0
+    gen = data["generation"]
+    assert gen["batched"]["answers_per_second"] > 0 and gen["one_at_a_time"]["answers_per_second"] > 0
+    assert data["judges"]["keyword"]["pairs_per_second"] > 0
+    assert data["machine"]["torch_threads"] >= 1
+
+    text = out.read_text()
+    assert "# Benchmarks" in text and "live CPU tensor bytes" in text
+    for name in METHODS:
+        assert f"| {name} |" in text
+
+
+def test_bench_cli_takes_a_subset_of_methods(tmp_path):
+    out = tmp_path / "b.md"
+
+    assert main(["bench", "--smoke", "--methods", "sft,booster", "--reps", "1", "--output", str(out)]) == 0
+
+    table = json.loads(out.with_suffix(".json").read_text())["training"]["fp32"]
+    assert list(table) == ["sft", "booster"]
+
+
+def test_bench_needs_sft_as_the_reference(tmp_path):
+    assert main(["bench", "--smoke", "--methods", "booster", "--output", str(tmp_path / "b.md")]) == 2
