@@ -29,7 +29,9 @@ class ConfigError(SafeftError):
 class DataError(SafeftError):
     """Bad data: names the file, the row (1-based line number where there is one) and the field."""
 
-    def __init__(self, message: str, *, path: str | None = None, row: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, path: str | None = None, row: int | None = None, field: str | None = None
+    ):
         where = []
         if path is not None:
             where.append(f"file {path}")
