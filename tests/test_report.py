@@ -182,8 +182,33 @@ def test_system_table_has_ratios_to_sft(runs_dir):
 
 
 def test_plots_are_png_files(runs_dir):
-    write_report(runs_dir)
-    for name in ("hs_vs_poison_ratio_sst2.png", "fa_vs_poison_ratio_sst2.png", "alignment_loss.png"):
+    index = json.loads((runs_dir / "experiment.json").read_text())
+    for p in (0.1, 0.2):  # two attacks with their loss curves
+        run_id = f"finetune/sft-s1-sst2-p{p}-aa"
+        labels = {
+            "method": "sft",
+            "seed": 1,
+            "task": "sst2",
+            "poison_ratio": p,
+            "attack": {},
+            "attacked": True,
+        }
+        _run(
+            runs_dir,
+            run_id,
+            {"stage": "finetune", "status": "done"},
+            _align_metrics(2.0, 20, 900, [3.0, 2.0, 1.0 + p]),
+        )
+        index["stages"].append({"id": run_id, "kind": "finetune", "labels": labels, "depends_on": []})
+    (runs_dir / "experiment.json").write_text(json.dumps(index))
+    summary = write_report(runs_dir)
+    assert "plots/attack_loss.png" in summary
+    for name in (
+        "hs_vs_poison_ratio_sst2.png",
+        "fa_vs_poison_ratio_sst2.png",
+        "alignment_loss.png",
+        "attack_loss.png",
+    ):
         data = (runs_dir / "plots" / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     assert not list(runs_dir.glob("**/*.tmp"))
@@ -248,3 +273,26 @@ def test_report_without_index_follows_manifest_parents(tmp_path):
 def test_missing_runs_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SafeftError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_worst_case_is_the_highest_hs_among_attacks_that_kept_the_task(runs_dir):
+    # every attacked sft/booster run has FA 92 and the undefended ones FA 90: with 5 points of
+    # tolerance all count, and the worst case is each method's highest single-seed HS
+    write_report(runs_dir)
+    rows = {r["method"]: r for r in csv.DictReader((runs_dir / "worst_case.csv").open())}
+    assert float(rows["sft"]["hs"]) == pytest.approx(52.0)  # 0.30 + 0.2 + 0.02, seed 2 at p = 0.2
+    assert (rows["sft"]["seed"], float(rows["sft"]["poison_ratio"])) == ("2", 0.2)
+    assert float(rows["booster"]["hs"]) == pytest.approx(32.0)
+    assert float(rows["no defense"]["hs"]) == pytest.approx(80.0)
+    assert float(rows["sft"]["fa_threshold"]) == pytest.approx(87.0)
+    assert "### Worst case over the attacks" in (runs_dir / "results.md").read_text()
+
+    # 1 point of tolerance: the undefended attacks (FA 90 < 92 - 1) no longer count
+    write_report(runs_dir, fa_tolerance=1.0)
+    rows = {r["method"]: r for r in csv.DictReader((runs_dir / "worst_case.csv").open())}
+    assert (rows["no defense"]["hs"], rows["no defense"]["acceptable"], rows["no defense"]["attacks"]) == (
+        "",
+        "0",
+        "2",
+    )
+    assert float(rows["sft"]["hs"]) == pytest.approx(52.0)

@@ -120,14 +120,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from safeft.pipeline.experiment import run_experiment
 
     return run_experiment(
-        args.experiment, dry_run=args.dry_run, data_dir=args.data_dir, num_processes=args.num_processes
+        args.experiment,
+        dry_run=args.dry_run,
+        data_dir=args.data_dir,
+        output=args.output,
+        num_processes=args.num_processes,
     )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from safeft.pipeline.report import write_report
 
-    print(write_report(args.runs_dir))
+    print(write_report(args.runs_dir, fa_tolerance=args.fa_tolerance))
     return 0
 
 
@@ -254,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="folder with the local data files (overrides the file)")
     p.add_argument(
+        "--output",
+        metavar="RUNS_DIR",
+        help="runs folder (overrides the file's 'output'; default runs/<name>)",
+    )
+    p.add_argument(
         "--num-processes",
         type=int,
         default=1,
@@ -267,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write results.md/.csv, system.md/.csv and plots for an experiment's runs folder.",
     )
     p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument(
+        "--fa-tolerance",
+        type=float,
+        default=5.0,
+        metavar="POINTS",
+        help="worst case over the attacks: an attack counts if its fine-tune accuracy is at most this many points below the best attack's (default 5)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

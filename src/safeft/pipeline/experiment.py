@@ -505,8 +505,16 @@ def _report_so_far(exp: ExperimentConfig) -> None:
 
 
 def run_experiment(
-    path: str | Path, *, dry_run: bool = False, data_dir: str | None = None, num_processes: int = 1
+    path: str | Path,
+    *,
+    dry_run: bool = False,
+    data_dir: str | None = None,
+    output: str | None = None,
+    num_processes: int = 1,
 ) -> int:
-    """`safeft run EXPERIMENT.yaml`: run (or, with dry_run, plan) every stage not already done, then report."""
-    overrides = {"data_dir": data_dir} if data_dir else None
+    """`safeft run EXPERIMENT.yaml`: run (or, with dry_run, plan) every stage not already done, then report.
+
+    `data_dir` and `output` override the file's values (the command line wins, as for every stage).
+    """
+    overrides = {key: value for key, value in (("data_dir", data_dir), ("output", output)) if value}
     return execute(load_experiment(path, overrides), dry_run=dry_run, num_processes=num_processes)
