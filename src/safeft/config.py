@@ -193,11 +193,10 @@ class Config:
             inner, _ = _strip_optional(tp)
             if isinstance(inner, type) and issubclass(inner, Config):
                 title = (inner.__doc__ or f.name).strip().splitlines()[0]
-                group = (
-                    parser.add_argument_group(f"{prefix}{f.name}: {title}")
-                    if hasattr(parser, "add_argument_group")
-                    else parser
-                )
+                # Sections are groups of the top-level parser (argparse deprecates groups inside groups).
+                root = getattr(parser, "_safeft_root", parser)
+                group = root.add_argument_group(f"{prefix}{f.name}: {title}")
+                group._safeft_root = root
                 inner.add_arguments(group, prefix=f"{prefix}{f.name}.")
                 continue
             flag = "--" + (prefix + f.name).replace("_", "-")

@@ -556,3 +556,21 @@ def take(records: list[Record], n: int, what: str) -> list[Record]:
             f"{what}: asked for {n} rows but only {len(records)} are available{where}. Lower the number or give a larger dataset."
         )
     return records[:n]
+
+
+def with_responses(records: list[Record], what: str) -> list[Record]:
+    """`records` unchanged when every row has a response to train on; else the first bad row, by file and line.
+
+    Prompt-only sets (evaluation prompts, AdvBench, ...) load as records with an empty output;
+    training on them would teach the model to answer with nothing, silently.
+    """
+    for r in records:
+        if not r.output.strip():
+            raise DataError(
+                f"{what}: the row has no response to train on. Training rows need an 'output' (instruction files) "
+                "or 'response' (prompt/response files) field with text; prompt-only sets are for evaluation",
+                path=r.meta.get("path"),
+                row=r.meta.get("row"),
+                field="output",
+            )
+    return records

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from safeft.config import Config, option
-from safeft.data.sources import load_source, take
+from safeft.data.sources import load_source, take, with_responses
 from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
 from safeft.io import write_json
 from safeft.methods import METHODS, get_method
 from safeft.models import LoraSettings, attach_lora, load_model
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, log_to_file, start_run
+from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, stage_run
 from safeft.stages.training import (
     HistoryCallback,
     TrainSettings,
@@ -86,21 +86,26 @@ def run_align(cfg: AlignConfig) -> RunDir:
     if run.is_done(config_fingerprint(cfg)):
         log.info("alignment run %s is already done; reusing it", run.path)
         return RunDir.open(run.path)
-    run = start_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None)
-    with log_to_file(run.path / "log.txt"):
+    with stage_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None) as run:
         t0 = time.perf_counter()
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
-        alignment = take(
-            load_source(cfg.alignment_data, data_dir=cfg.data_dir),
-            cfg.alignment_samples,
-            f"alignment rows from {cfg.alignment_data}",
+        alignment = with_responses(
+            take(
+                load_source(cfg.alignment_data, data_dir=cfg.data_dir),
+                cfg.alignment_samples,
+                f"alignment rows from {cfg.alignment_data}",
+            ),
+            "alignment rows",
         )
         harmful_ds = None
         if spec.needs_harmful:
-            harmful = take(
-                load_source(cfg.harmful_data, data_dir=cfg.data_dir),
-                cfg.harmful_samples,
-                f"harmful rows from {cfg.harmful_data}",
+            harmful = with_responses(
+                take(
+                    load_source(cfg.harmful_data, data_dir=cfg.data_dir),
+                    cfg.harmful_samples,
+                    f"harmful rows from {cfg.harmful_data}",
+                ),
+                "harmful rows",
             )
             harmful_ds = encode_rows(harmful, tok, cfg.max_length, cfg.template)
         model = attach_lora(model, cfg.lora)

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from safeft.config import Config, option
 from safeft.data.sources import load_source, take
 from safeft.data.tasks import TASKS, get_task
@@ -17,7 +19,7 @@ from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
 from safeft.models import load_model, load_weights_chain
-from safeft.stages.runs import RunDir, config_fingerprint, log_to_file, package_versions, start_run
+from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
 
 log = logging.getLogger("safeft")
 
@@ -44,6 +46,12 @@ class EvaluateConfig(Config):
         16, "tokens generated per task prompt (GSM8K needs ~256)", range=(1, None)
     )
     batch_size: int = option(16, "prompts generated together", range=(1, None))
+    dtype: str = option(
+        "float32",
+        "weights' precision for generation (weights are loaded and adapters merged in float32 first); "
+        "bfloat16 is ~2x faster on CPUs with AMX/AVX-512 bf16 and is what the references use on GPUs",
+        choices=("float32", "bfloat16", "float16"),
+    )
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
     data_dir: str | None = option(
         None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
@@ -65,14 +73,13 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
     parent = RunDir.open(cfg.run) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
-    out = start_run(
+    with stage_run(
         cfg.output,
         "evaluate",
         cfg,
         parent=str(parent.path.resolve()) if parent else None,
         base_model=parent.manifest["base_model"] if parent else cfg.model,
-    )
-    with log_to_file(out.path / "log.txt"):
+    ) as out:
         t0 = time.perf_counter()
         if parent:
             model, tok = load_weights_chain(
@@ -99,7 +106,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
             ]
         # Under torchrun / accelerate launch: one device per process; prompts are split across processes.
         state = distributed_state()
-        model.to(state.device)
+        model.to(state.device, getattr(torch, cfg.dtype))
         judge = get_judge(cfg.judge)
         metrics, harmful_rows, task_rows = evaluate_model(
             model,
@@ -126,6 +133,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
                 model=cfg.model,
                 decoding={
                     "greedy": True,
+                    "dtype": cfg.dtype,
                     "max_new_tokens": cfg.max_new_tokens,
                     "task_max_new_tokens": cfg.task_max_new_tokens,
                     "batch_size": cfg.batch_size,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safeft.config import Config, option
 from safeft.data.mix import build_poisoned_mix
-from safeft.data.sources import load_source
+from safeft.data.sources import load_source, take, with_responses
 from safeft.data.tasks import TASKS, get_task
 from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator
@@ -19,7 +19,7 @@ from safeft.io import write_json, write_jsonl
 from safeft.methods import METHODS, get_method
 from safeft.models import LoraSettings, attach_lora, load_weights_chain
 from safeft.stages.align import MethodOptions, encode_rows
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, is_main_process, log_to_file, start_run
+from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, is_main_process, stage_run
 from safeft.stages.training import (
     HistoryCallback,
     TrainSettings,
@@ -133,7 +133,7 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         raise SafeftError(
             f"--adapter continue needs an alignment run that saved a LoRA adapter; {cfg.from_run or cfg.model} has none. Use --adapter new."
         )
-    run = start_run(
+    with stage_run(
         cfg.output,
         "finetune",
         cfg,
@@ -142,12 +142,13 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         parent=str(Path(cfg.from_run).resolve()) if cfg.from_run else None,
         adapter_mode=mode,
         alignment_method=parent.manifest.get("method") if parent else None,
-    )
-    with log_to_file(run.path / "log.txt"):
+    ) as run:
         t0 = time.perf_counter()
         task = get_task(cfg.task)
         benign = task.load_train(cfg.task_data, data_dir=cfg.data_dir)
-        harmful = load_source(cfg.harmful_data, data_dir=cfg.data_dir)
+        harmful = with_responses(
+            load_source(cfg.harmful_data, data_dir=cfg.data_dir), "harmful rows of the attack"
+        )
         eval_prompts = load_source(cfg.eval_prompts, data_dir=cfg.data_dir)
         alignment_harmful = _alignment_harmful_pool(parent, cfg.data_dir)
         mix, report = build_poisoned_mix(
@@ -179,7 +180,14 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
             model = attach_lora(model, cfg.lora)
         alignment_ds = None
         if cfg.method == "lisa":
-            alignment = load_source(cfg.alignment_data, data_dir=cfg.data_dir)[: cfg.alignment_samples]
+            alignment = with_responses(
+                take(
+                    load_source(cfg.alignment_data, data_dir=cfg.data_dir),
+                    cfg.alignment_samples,
+                    f"Lisa's alignment rows from {cfg.alignment_data}",
+                ),
+                "Lisa's alignment rows",
+            )
             alignment_ds = encode_rows(alignment, tok, cfg.max_length, cfg.template)
         history = HistoryCallback()
         trainer = spec.trainer_cls(

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -150,6 +151,26 @@ def log_to_file(path: Path) -> Iterator[None]:
         for lg in loggers:
             lg.removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def stage_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> Iterator[RunDir]:
+    """`start_run` and the run's log file for the block; bad input leaves no half-made folder behind.
+
+    When the block fails with a `SafeftError` (a missing file, a bad row, an unknown model) in a
+    folder this call created and no checkpoint was written yet, the folder is removed: the user
+    fixes the input and reruns, and no run directory without results is ever left to mislead.
+    Anything else (a crash, Ctrl-C, a kill) keeps the folder so that a rerun resumes it.
+    """
+    created = not Path(path).exists()
+    run = start_run(path, stage, config, **manifest)
+    try:
+        with log_to_file(run.path / "log.txt"):
+            yield run
+    except SafeftError:
+        if created and is_main_process() and run.latest_checkpoint() is None:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def _rss_bytes() -> int:
