@@ -45,3 +45,36 @@ def test_bench_cli_takes_a_subset_of_methods(tmp_path):
 
 def test_bench_needs_sft_as_the_reference(tmp_path):
     assert main(["bench", "--smoke", "--methods", "booster", "--output", str(tmp_path / "b.md")]) == 2
+
+
+def test_full_logits_comparison_runs_each_method_twice_and_the_deferred_loss_uses_less_memory(tmp_path):
+    out = tmp_path / "b.md"
+
+    args = ["bench", "--smoke", "--methods", "sft,vaccine", "--compare-full-logits", "sft,vaccine"]
+    assert main([*args, "--reps", "1", "--output", str(out)]) == 0
+
+    table = json.loads(out.with_suffix(".json").read_text())["training"]["fp32"]
+    assert list(table) == ["sft", "vaccine", "sft/full-logits", "vaccine/full-logits"]
+    for name in ("sft", "vaccine"):  # the full logits (batch x length x 30,522) are never formed
+        assert table[name]["memory"]["peak_bytes"] < table[name + "/full-logits"]["memory"]["peak_bytes"]
+    text = out.read_text()
+    assert "## The deferred output layer, before → after" in text and "| fp32 | vaccine |" in text
+    assert "## Against the bar" in text
+
+
+def test_full_logits_comparison_needs_the_method_benchmarked(tmp_path):
+    assert (
+        main(
+            [
+                "bench",
+                "--smoke",
+                "--methods",
+                "sft",
+                "--compare-full-logits",
+                "booster",
+                "--output",
+                str(tmp_path / "b.md"),
+            ]
+        )
+        == 2
+    )

@@ -163,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precisions=tuple(args.precisions.split(",")) if args.precisions else None,
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
+        compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
     )
 
 
@@ -346,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="torch threads (default: torch's choice; 1 is steadier on a loaded machine)",
+    )
+    p.add_argument(
+        "--compare-full-logits",
+        default=None,
+        metavar="METHODS",
+        help="comma-separated methods to step a second time with the loss from the full logits "
+        "(before/after of the deferred output layer, in the same rounds)",
     )
     p.set_defaults(func=cmd_bench)
     return parser

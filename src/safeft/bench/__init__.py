@@ -49,6 +49,9 @@ class BenchSettings:
     judges: tuple[str, ...] = JUDGES
     data_dir: str | None = None
     quickstart: bool = False
+    # Methods also stepped with the loss from the full logits (the "before" of the deferred output
+    # layer, see safeft.methods.loss), in the same interleaved rounds.
+    compare_full_logits: tuple[str, ...] = ()
 
     @classmethod
     def smoke(cls, model: str | None = None, **overrides: Any) -> BenchSettings:
@@ -119,13 +122,38 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+FULL_LOGITS = "/full-logits"  # suffix of a method stepped with the loss from the full logits
+
+
+def with_full_logits_variants(
+    methods: tuple[str, ...], compared: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict]:
+    """The methods plus `<m>/full-logits` for each compared one, and the registry that builds them."""
+    import dataclasses
+
+    from safeft.methods import METHODS
+
+    registry: dict[str, Any] = dict(METHODS)
+    for name in compared:
+        spec = METHODS[name]
+
+        class FullLogits(spec.trainer_cls):  # type: ignore[name-defined, misc]
+            def __init__(self, *args: Any, **kwargs: Any):
+                super().__init__(*args, **kwargs)
+                self.output_layer = None  # lm_loss then takes the cross-entropy of the full logits
+
+        registry[name + FULL_LOGITS] = dataclasses.replace(spec, trainer_cls=FullLogits)
+    return methods + tuple(name + FULL_LOGITS for name in compared), registry
+
+
 def _training(result: BenchResult, model: Any, tok: Any) -> None:
     from safeft.bench.training import StepSetup, measure_methods
 
     s = result.settings
+    methods, registry = with_full_logits_variants(s.methods, s.compare_full_logits)
     for precision in s.precisions:
         setup = StepSetup(batch_size=s.batch_size, seq_len=s.seq_len, lora_r=s.lora_r, precision=precision)
-        costs = measure_methods(s.methods, model, tok.pad_token_id, setup, s.reps)
+        costs = measure_methods(methods, model, tok.pad_token_id, setup, s.reps, registry=registry)
         ref = costs.get("sft")
         table = {}
         for name, c in costs.items():
@@ -227,6 +255,7 @@ def run_bench(
     precisions: tuple[str, ...] | None = None,
     methods: tuple[str, ...] | None = None,
     threads: int | None = None,
+    compare_full_logits: tuple[str, ...] | None = None,
 ) -> int:
     """Run the benchmark, write `output` (Markdown) and `output` with suffix .json; return 0."""
     from safeft.bench.report import write_report
@@ -236,7 +265,12 @@ def run_bench(
     overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
-            reps=reps, seq_len=seq_len, precisions=precisions, methods=methods, quickstart=quickstart
+            reps=reps,
+            seq_len=seq_len,
+            precisions=precisions,
+            methods=methods,
+            quickstart=quickstart,
+            compare_full_logits=compare_full_logits,
         ).items()
         if v not in (None, False)
     }
@@ -246,9 +280,14 @@ def run_bench(
         if smoke
         else BenchSettings(model=model or "smollm2-135m", **overrides)
     )
-    unknown = [m for m in settings.methods if m not in METHODS]
+    unknown = [m for m in settings.methods + settings.compare_full_logits if m not in METHODS]
     if unknown:
         raise SafeftError(f"bench: unknown method(s) {', '.join(unknown)}; available: {', '.join(METHODS)}")
+    not_run = [m for m in settings.compare_full_logits if m not in settings.methods]
+    if not_run:
+        raise SafeftError(
+            f"bench: --compare-full-logits {', '.join(not_run)}: not among the methods benchmarked"
+        )
     if "sft" not in settings.methods:
         raise SafeftError("bench: the methods must include 'sft' (every ratio is to SFT)")
     bad = [p for p in settings.precisions if p not in ("fp32", "bf16")]

@@ -23,12 +23,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
 from safeft.config import Config
 from safeft.errors import SafeftError
+from safeft.methods.loss import (
+    cross_entropy_sum,
+    deferrable_output_layer,
+    deferred_output_layer,
+    response_cross_entropy_sum,
+    shifted_targets,
+)
 
 EPS = 1e-7  # the `eps` of ALGORITHMS.md in every normalisation
 
@@ -36,19 +42,6 @@ EPS = 1e-7  # the `eps` of ALGORITHMS.md in every normalisation
 @dataclass
 class MethodConfig(Config):
     """A method without hyper-parameters of its own"""
-
-
-def token_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Causal-LM loss: mean cross-entropy over the tokens whose label is not -100 (next-token shift).
-
-    The labels are shifted (padded with -100 at the end), not the logits: slicing the logits would
-    copy the largest tensor of the step (batch x length x vocabulary) in forward and in backward.
-    """
-    targets = F.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
-    total = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
-    )
-    return total / targets.ne(-100).sum().clamp(min=1)
 
 
 def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -134,6 +127,7 @@ class AlignmentTrainer(Trainer):
             raise SafeftError(
                 f"{name}: the model has no trainable parameters; attach a LoRA adapter or use full fine-tuning"
             )
+        self.output_layer = deferrable_output_layer(self.model)  # None: the loss uses the full logits
 
     # ----- metrics --------------------------------------------------------------------------------
     def record(self, name: str, value: torch.Tensor | float) -> None:
@@ -169,17 +163,37 @@ class AlignmentTrainer(Trainer):
 
     # ----- losses ---------------------------------------------------------------------------------
     def lm_loss(
-        self, model: nn.Module, batch: dict[str, torch.Tensor], **forward_kwargs: Any
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **forward_kwargs: Any,
     ) -> tuple[torch.Tensor, Any]:
-        """(token-mean cross-entropy on the response tokens, model outputs) of one batch."""
+        """(cross-entropy on the response tokens, model outputs) of one batch.
+
+        The sum over response tokens divided by their number (a token mean), or by
+        `num_items_in_batch` when given (Trainer's count over a whole accumulated batch). Where it
+        provably gives the same number, the full logits are never formed (see `safeft.methods.loss`);
+        `outputs.logits` is then empty.
+        """
+        head = self.output_layer
+        deferred = deferred_output_layer(head) if head is not None else contextlib.nullcontext([])
         with self.compute_loss_context_manager():
-            outputs = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                use_cache=False,
-                **forward_kwargs,
-            )
-        return token_mean_cross_entropy(outputs.logits, batch["labels"]), outputs
+            with deferred as final_hidden:
+                outputs = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch.get("attention_mask"),
+                    use_cache=False,
+                    **forward_kwargs,
+                )
+            if head is not None:  # the output layer runs under the same autocast as the model
+                (hidden,) = final_hidden
+                total = response_cross_entropy_sum(head, hidden, batch["labels"])
+        if head is None:
+            total = cross_entropy_sum(outputs.logits, batch["labels"])
+        if num_items_in_batch is None:
+            num_items_in_batch = shifted_targets(batch["labels"]).ne(-100).sum().clamp(min=1)
+        return total / num_items_in_batch, outputs
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)

@@ -1,0 +1,136 @@
+"""The causal-LM loss every method uses: mean cross-entropy over the response tokens.
+
+Two ways to compute the same number:
+
+- `cross_entropy_sum(logits, labels)`: from the model's full logits. The logits of a batch
+  (batch x length x vocabulary, fp32) are the largest tensor of a training step on a small model
+  with a large vocabulary: 8 x 128 x 49,152 x 4 bytes = 201 MB for SmolLM2, plus as much again
+  for the log-probabilities cross-entropy keeps for its backward.
+- `response_cross_entropy_sum`: the model runs with its output layer deferred (it returns an empty slice and
+  the final hidden states are kept); then only the positions that have a label go through the
+  output layer, a few hundred tokens at a time, under activation checkpointing. No tensor of the
+  size of the full logits ever exists, the prompt positions cost no output-layer work at all, and
+  the price is one more output-layer forward per response token in backward.
+
+The deferred loss is used only where it provably gives the model's own loss: once per trainer,
+`deferrable_output_layer` checks that the model's logits are exactly its output layer applied to the
+final hidden states (architectures that post-process logits, e.g. Gemma 2's soft-capping, fail
+the check), and it needs an output layer with no trainable parameters (LoRA's default: under DDP a
+trainable layer used outside the model's forward would be reported unused). Otherwise the full
+logits are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger("safeft")
+
+# Output-layer rows computed at once: this many bytes of fp32 logits per chunk.
+CHUNK_BYTES = 32 * 2**20
+
+
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The label of the next token at every position (-100 at the end): the causal-LM shift."""
+    return F.pad(labels, (0, 1), value=-100)[:, 1:]
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over the tokens whose label is not -100 (next-token shift), from full logits.
+
+    The labels are shifted (padded with -100 at the end), not the logits: slicing the logits would
+    copy the largest tensor of the step (batch x length x vocabulary) in forward and in backward.
+    """
+    targets = shifted_targets(labels.to(logits.device))
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+def token_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Causal-LM loss from full logits: mean cross-entropy over the tokens whose label is not -100."""
+    return cross_entropy_sum(logits, labels) / shifted_targets(labels).ne(-100).sum().clamp(min=1)
+
+
+def _chunk_cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def response_cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over the labelled positions, through `head`, chunk by chunk.
+
+    Each chunk's logits are recomputed in backward (checkpointing) instead of being kept.
+    """
+    targets = shifted_targets(labels.to(hidden.device))
+    keep = targets.ne(-100)
+    rows, wanted = hidden[keep], targets[keep]  # (response tokens, hidden size), (response tokens,)
+    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else 50_000
+    chunk = max(16, CHUNK_BYTES // (4 * vocabulary))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, wanted.numel(), chunk):
+        part = slice(start, start + chunk)
+        total = total + checkpoint(
+            _chunk_cross_entropy_sum, head, rows[part], wanted[part], use_reentrant=False
+        )
+    return total
+
+
+@contextlib.contextmanager
+def deferred_output_layer(head: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside: `head` returns an empty slice of its input and keeps the input (yielded list).
+
+    The empty slice keeps the model's output in the autograd graph (DDP looks for the parameters
+    that produced the outputs) while costing nothing. The original forward is restored on exit.
+    """
+    captured: list[torch.Tensor] = []
+
+    def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        captured.append(hidden)
+        return hidden[..., :0]
+
+    head.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield captured
+    finally:
+        del head.forward
+
+
+def deferrable_output_layer(model: nn.Module) -> nn.Module | None:
+    """The output layer whose work `lm_loss` may defer, or None when the full logits must be used.
+
+    Checked once, on a few token ids (the property does not depend on the input), in fp32 without
+    autocast: the model's logits must be exactly its output layer applied to the final hidden states.
+    """
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if head is None or any(p.requires_grad for p in head.parameters()):
+        return None
+    first = next(inner.parameters())
+    vocabulary = getattr(inner.config, "vocab_size", None) or 2
+    input_ids = (torch.arange(8, device=first.device) % vocabulary).unsqueeze(0)
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    was_training = inner.training
+    inner.eval()  # no dropout: one deterministic forward
+    try:
+        with torch.no_grad(), torch.autocast(first.device.type, enabled=False):
+            logits = inner(input_ids=input_ids, use_cache=False).logits
+            ok = len(seen) == 1 and torch.equal(head(seen[0]), logits)
+    finally:
+        handle.remove()
+        inner.train(was_training)
+    if not ok:
+        log.info(
+            "%s: its logits are not its output layer applied to the final hidden states; "
+            "using the full logits for the loss",
+            type(inner).__name__,
+        )
+    return head if ok else None
