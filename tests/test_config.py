@@ -82,3 +82,15 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 def test_missing_config_file():
     with pytest.raises(SafeftError, match="does not exist"):
         Outer.load("/nonexistent/x.yaml")
+
+
+def test_a_section_keeps_its_own_defaults_under_what_is_given():
+    """The attack's training defaults (reference: lr 1e-5, warm-up 0.1, linear) are not the alignment's."""
+    from safeft.stages.finetune import FinetuneConfig
+
+    untouched = FinetuneConfig.load(None, {"output": "x", "model": "m"}).train
+    assert (untouched.learning_rate, untouched.warmup_ratio, untouched.scheduler) == (1e-5, 0.1, "linear")
+    overridden = FinetuneConfig.load(
+        None, {"output": "x", "model": "m", "train": {"learning_rate": 1e-3}}
+    ).train
+    assert (overridden.learning_rate, overridden.warmup_ratio, overridden.scheduler) == (1e-3, 0.1, "linear")

@@ -85,6 +85,27 @@ def test_lora_save_load_gives_identical_logits(tmp_path):
     assert not torch.allclose(base_logits, expected)
 
 
+def test_an_adapter_whose_tensors_match_no_module_is_refused(tmp_path):
+    """PEFT would only warn and leave the adapter at B = 0; safeft refuses, naming file and tensor."""
+    from safetensors.torch import load_file, save_file
+
+    model, _ = load_model("tiny-random-llama")
+    attach_lora(model, LoraSettings()).save_pretrained(tmp_path / "adapter", safe_serialization=True)
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    # the names a model wrapped twice would save
+    save_file(
+        {
+            k.replace("base_model.model.", "base_model.model.base_model.model.", 1): v
+            for k, v in load_file(weights).items()
+        },
+        weights,
+    )
+    with pytest.raises(
+        SafeftError, match=r"adapter_model.safetensors: tensor 'base_model.model.base_model.model."
+    ):
+        load_adapter(load_model("tiny-random-llama")[0], tmp_path / "adapter", trainable=False)
+
+
 def test_weights_chain_merges_earlier_adapters_and_keeps_the_last_live(tmp_path):
     model, tok = load_model("tiny-random-llama")
     first = attach_lora(model, LoraSettings())

@@ -127,6 +127,9 @@ class Config:
             inner, _ = _strip_optional(tp)
             if isinstance(inner, type) and issubclass(inner, Config):
                 sub = data.get(name, {}) or {}
+                if isinstance(sub, dict) and f.default_factory is not _MISSING:  # type: ignore[misc]
+                    # The section's own defaults (e.g. the attack's training settings) under what was given.
+                    sub = _deep_merge(f.default_factory().to_dict(), sub)  # type: ignore[misc]
                 kwargs[name] = inner._build(sub, prefix=f"{prefix}{name}.", problems=problems)
                 continue
             if name not in data:

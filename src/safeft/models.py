@@ -306,10 +306,27 @@ def attach_lora(model: Any, settings: LoraSettings) -> Any:
 
 
 def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool) -> Any:
-    """Put a saved PEFT adapter on `model` (standard format: adapter_config.json + adapter_model.safetensors)."""
-    from peft import PeftModel
+    """Put a saved PEFT adapter on `model` (standard format: adapter_config.json + adapter_model.safetensors).
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    PEFT only warns when the file's tensors do not match the model's modules and then leaves those
+    adapters at their initialisation (B = 0: no effect at all); here that is an error.
+    """
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    loaded = peft_model.state_dict()
+    weights_file = Path(adapter_dir) / "adapter_model.safetensors"
+    for key, tensor in load_file(weights_file).items():
+        # PEFT saves "....lora_A.weight"; in the model the tensor carries the adapter name.
+        name = key.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
+        if name not in loaded or not torch.equal(loaded[name].to(tensor.dtype), tensor):
+            raise SafeftError(
+                f"adapter {weights_file}: tensor {key!r} does not match any module of the model it was loaded on "
+                f"({type(model).__name__}), so the adapter would have no effect. Was it trained on another model, "
+                "or saved from a model wrapped twice? Retrain it with this safeft version."
+            )
+    return peft_model
 
 
 def merge_adapter(model: Any) -> Any:

@@ -175,7 +175,11 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
                     for r in mix
                 ],
             )
-        model, tok = load_weights_chain(base, chain, cache=cfg.cache_dir, trainable_last=(mode == "continue"))
+        # continue: the alignment adapter stays live and trains; new: it is merged into the base
+        # weights first, and a fresh adapter (B = 0) is attached to the merged model.
+        model, tok = load_weights_chain(
+            base, chain, cache=cfg.cache_dir, trainable_last=(mode == "continue"), merge_last=(mode == "new")
+        )
         if mode == "new":
             model = attach_lora(model, cfg.lora)
         alignment_ds = None
