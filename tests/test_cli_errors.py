@@ -15,6 +15,20 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _attack(data_dir: Path, out: Path, *options: str) -> list[str]:
+    """`safeft finetune` on the tiny model with the shared data and extra options."""
+    return [
+        "finetune",
+        "--model",
+        "tiny-random-llama",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(out),
+        *options,
+    ]
+
+
 def _fails(argv: list[str], capsys) -> str:
     code = main(argv)
     err = capsys.readouterr().err
@@ -48,21 +62,7 @@ def test_align_on_a_row_without_a_response_names_file_row_and_field(tmp_path, ca
 def test_attack_with_a_prompt_only_harmful_set_is_refused(tmp_path, capsys, shared_data):
     out = tmp_path / "attack"
     err = _fails(
-        [
-            "finetune",
-            "--model",
-            "tiny-random-llama",
-            "--harmful-data",
-            "advbench",
-            "--samples",
-            "20",
-            "--poison-ratio",
-            "0.1",
-            "--data-dir",
-            str(shared_data),
-            "--output",
-            str(out),
-        ],
+        _attack(shared_data, out, "--harmful-data", "advbench", "--samples", "20", "--poison-ratio", "0.1"),
         capsys,
     )
     assert "advbench" in err and "row 1, field 'output'" in err and "no response to train on" in err
@@ -96,22 +96,7 @@ def test_malformed_json_names_the_line(tmp_path, capsys):
 
 def test_too_many_samples_for_the_harmful_rows(tmp_path, capsys, shared_data):
     out = tmp_path / "attack"
-    err = _fails(
-        [
-            "finetune",
-            "--model",
-            "tiny-random-llama",
-            "--samples",
-            "100000",
-            "--poison-ratio",
-            "0.1",
-            "--data-dir",
-            str(shared_data),
-            "--output",
-            str(out),
-        ],
-        capsys,
-    )
+    err = _fails(_attack(shared_data, out, "--samples", "100000", "--poison-ratio", "0.1"), capsys)
     assert "needs 10000 harmful rows" in err and "169" in err
     assert not out.exists()
 

@@ -574,3 +574,10 @@ def with_responses(records: list[Record], what: str) -> list[Record]:
                 field="output",
             )
     return records
+
+
+def training_rows(name_or_path: str, n: int, what: str, data_dir: str | Path | None = None) -> list[Record]:
+    """Exactly the first `n` rows of a source or file, each with a response to train on (else a clear error)."""
+    return with_responses(
+        take(load_source(name_or_path, data_dir=data_dir), n, f"{what} from {name_or_path}"), what
+    )

@@ -66,11 +66,9 @@ class BoosterTrainer(AlignmentTrainer):
             loss_h = self.lm_loss(model, harmful)[0]  # [0]: drop the outputs (logits) before backward
             self.backward(loss_h)
             g_h = self.copy_into("g_h", self.grads(params))
-            self.average_unsynchronised(g_h)  # ||g_h|| is the norm of the global harmful gradient
-            if self.accelerator.num_processes > 1 and not getattr(model, "require_backward_grad_sync", True):
-                # A micro-batch before the last of an accumulation runs under DDP's no_sync: average
-                # g_h by hand so that ||g_h|| and w' are global, as in every synchronised backward.
-                torch._foreach_copy_(g_h, self.accelerator.reduce(list(g_h), reduction="mean"))
+            # ||g_h|| is the norm of the global harmful gradient: DDP all-reduced it, except on a
+            # micro-batch before the last of an accumulation (no_sync), where it is averaged here.
+            self.average_unsynchronised(g_h)
             g_h_norm = global_norm(g_h)
 
             # 2. w' = w - alpha * g_h / (||g_h|| + eps), keeping an exact copy of w.

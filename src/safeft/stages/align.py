@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safeft.config import Config, option
-from safeft.data.sources import load_source, take, with_responses
+from safeft.data.sources import training_rows
 from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
@@ -89,24 +89,10 @@ def run_align(cfg: AlignConfig) -> RunDir:
     with stage_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None) as run:
         t0 = time.perf_counter()
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
-        alignment = with_responses(
-            take(
-                load_source(cfg.alignment_data, data_dir=cfg.data_dir),
-                cfg.alignment_samples,
-                f"alignment rows from {cfg.alignment_data}",
-            ),
-            "alignment rows",
-        )
+        alignment = training_rows(cfg.alignment_data, cfg.alignment_samples, "alignment rows", cfg.data_dir)
         harmful_ds = None
         if spec.needs_harmful:
-            harmful = with_responses(
-                take(
-                    load_source(cfg.harmful_data, data_dir=cfg.data_dir),
-                    cfg.harmful_samples,
-                    f"harmful rows from {cfg.harmful_data}",
-                ),
-                "harmful rows",
-            )
+            harmful = training_rows(cfg.harmful_data, cfg.harmful_samples, "harmful rows", cfg.data_dir)
             harmful_ds = encode_rows(harmful, tok, cfg.max_length, cfg.template)
         model = attach_lora(model, cfg.lora)
         history = HistoryCallback()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safeft.config import Config, option
 from safeft.data.mix import build_poisoned_mix
-from safeft.data.sources import load_source, take, with_responses
+from safeft.data.sources import load_source, training_rows, with_responses
 from safeft.data.tasks import TASKS, get_task
 from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator
@@ -184,13 +184,8 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
             model = attach_lora(model, cfg.lora)
         alignment_ds = None
         if cfg.method == "lisa":
-            alignment = with_responses(
-                take(
-                    load_source(cfg.alignment_data, data_dir=cfg.data_dir),
-                    cfg.alignment_samples,
-                    f"Lisa's alignment rows from {cfg.alignment_data}",
-                ),
-                "Lisa's alignment rows",
+            alignment = training_rows(
+                cfg.alignment_data, cfg.alignment_samples, "Lisa's alignment rows", cfg.data_dir
             )
             alignment_ds = encode_rows(alignment, tok, cfg.max_length, cfg.template)
         history = HistoryCallback()
