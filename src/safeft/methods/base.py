@@ -127,7 +127,10 @@ class AlignmentTrainer(Trainer):
             raise SafeftError(
                 f"{name}: the model has no trainable parameters; attach a LoRA adapter or use full fine-tuning"
             )
-        self.output_layer = deferrable_output_layer(self.model)  # None: the loss uses the full logits
+        # None: the loss uses the full logits. Under FSDP / DeepSpeed the output layer's weights are
+        # sharded and only gathered inside the model's forward, so it is never deferred there.
+        sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
+        self.output_layer = None if sharded else deferrable_output_layer(self.model)
 
     # ----- metrics --------------------------------------------------------------------------------
     def record(self, name: str, value: torch.Tensor | float) -> None:
