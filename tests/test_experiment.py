@@ -149,6 +149,45 @@ def test_attack_sweep_axes_multiply_the_attacks(tmp_path):
     assert all(s.labels["attack"].keys() == {"learning_rate", "samples"} for s in attacks)
 
 
+def test_method_options_sweep_a_defense_s_own_knobs(tmp_path):
+    """Each combination of a method's swept hyper-parameters is its own alignment, attacks and report row."""
+    sweep = {"booster": {"simulated_step_size": [0.1, 1.0], "harmful_weight": [5, 20]}}
+    stages = build(tmp_path, seeds=[1], method_options=sweep)
+    boosters = [s for s in by_kind(stages, "align") if s.config.method == "booster"]
+    assert len(boosters) == 4 and len([s for s in by_kind(stages, "align") if s.config.method == "sft"]) == 1
+    settings = {
+        (s.config.methods.booster.simulated_step_size, s.config.methods.booster.harmful_weight)
+        for s in boosters
+    }
+    assert settings == {(0.1, 5), (0.1, 20), (1.0, 5), (1.0, 20)}
+    one = next(
+        s
+        for s in boosters
+        if s.config.methods.booster.simulated_step_size == 1.0
+        and s.config.methods.booster.harmful_weight == 20
+    )
+    assert one.path.name.startswith("booster-simulated_step_size1-harmful_weight20-s1-")
+    assert one.labels["method"] == "booster (simulated_step_size=1, harmful_weight=20)"
+    attacks = [s for s in by_kind(stages, "finetune") if s.depends_on == [one.id]]
+    assert len(attacks) == 2 and all(s.labels["method"] == one.labels["method"] for s in attacks)
+    assert all(
+        s.path.name.startswith("booster-simulated_step_size1-harmful_weight20-s1-sst2-p") for s in attacks
+    )
+
+
+def test_method_options_are_checked(tmp_path):
+    bad = {"booster": {"simulated_step": [1.0]}, "vaccine": {"perturbation_radius": [1.0]}, "sft": {}}
+    with pytest.raises(ConfigError) as e:
+        ex.ExperimentConfig.from_dict(experiment_dict(tmp_path, method_options=bad))
+    text = str(e.value)
+    assert "method_options.booster.simulated_step: not a field of booster" in text
+    assert "method_options.vaccine: not among grid.methods" in text
+    assert "method_options.sft: got {}" in text
+    out_of_range = {"booster": {"simulated_step_size": [-1.0]}}
+    with pytest.raises(ConfigError, match="simulated_step_size: got -1.0"):
+        ex.expand(ex.ExperimentConfig.from_dict(experiment_dict(tmp_path, method_options=out_of_range)))
+
+
 def test_every_problem_of_every_stage_is_reported_once(tmp_path):
     data = experiment_dict(tmp_path, methods=["sft", "boostr"])
     data["base"]["align"]["train"]["learing_rate"] = 1e-3

@@ -140,6 +140,11 @@ class Grid(Config):
         default_factory=lambda: [42], help="training seeds (alignment and attack)", range=(0, None)
     )
     attack: AttackAxes = field(default_factory=AttackAxes)
+    method_options: dict[str, Any] = option(
+        default_factory=dict,
+        help="sweeps of a defense's own hyper-parameters: {method: {field: [values]}}, e.g. "
+        "{booster: {simulated_step_size: [0.1, 1.0]}}; every combination is its own alignment (and report row)",
+    )
     include_no_defense: bool = option(True, "also attack the non-aligned base model (the 'no defense' row)")
     include_unattacked: bool = option(
         True, "also evaluate every aligned model before any attack (the 'aligned, not attacked' column)"
@@ -156,6 +161,7 @@ class Grid(Config):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 problems.append(f"{key}: got duplicate values {values!r}; list each value once")
+        problems += method_option_problems(self.method_options, self.methods)
         return problems
 
 
@@ -233,6 +239,47 @@ def _attack_overrides(attack: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return overrides, tag
 
 
+def method_option_problems(sweeps: Any, methods: list[str]) -> list[str]:
+    """What is wrong with `grid.method_options` (field names are checked against each method's config)."""
+    from safeft.methods import METHODS
+
+    if not isinstance(sweeps, dict):
+        return [f"method_options: got {sweeps!r}, expected a mapping {{method: {{field: [values]}}}}"]
+    problems = []
+    for method, fields in sweeps.items():
+        if method not in methods:
+            problems.append(f"method_options.{method}: not among grid.methods ({', '.join(methods)})")
+            continue
+        if not isinstance(fields, dict) or not fields:
+            problems.append(
+                f"method_options.{method}: got {fields!r}, expected a mapping {{field: [values]}}"
+            )
+            continue
+        known = [f.name for f in dataclasses.fields(METHODS[method].config_cls)]
+        for name, values in fields.items():
+            if name not in known:
+                problems.append(
+                    f"method_options.{method}.{name}: not a field of {method} (fields: {', '.join(known)})"
+                )
+            elif not isinstance(values, list) or not values:
+                problems.append(
+                    f"method_options.{method}.{name}: got {values!r}, expected a non-empty list of values"
+                )
+    return problems
+
+
+def _method_variants(method: str, sweeps: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """(option overrides, folder-name tag, report label) of every combination of a method's swept options."""
+    fields = sweeps.get(method) or {}
+    variants = []
+    for values in itertools.product(*fields.values()):
+        options = dict(zip(fields, values, strict=True))
+        shown = [f"{k}={v if isinstance(v, str) else _num(v)}" for k, v in options.items()]
+        tag = "".join(f"-{k}{v if isinstance(v, str) else _num(v)}" for k, v in options.items())
+        variants.append((options, tag, f"{method} ({', '.join(shown)})" if shown else method))
+    return variants
+
+
 class _Expander:
     """Builds the stages of one experiment, collecting every config problem instead of stopping at the first."""
 
@@ -275,9 +322,12 @@ class _Expander:
             "evaluate", name, {**source, "task": task}, labels, [target] if isinstance(target, Stage) else []
         )
 
-    def attacks(self, parent: Stage | str, method: str, seed: int) -> None:
-        """Every attack (task x poison ratio x attack sweep) of one aligned model (or of the bare model), and its evaluation."""
-        short = "none" if method == NO_DEFENSE else method
+    def attacks(self, parent: Stage | str, method: str, seed: int, short: str | None = None) -> None:
+        """Every attack (task x poison ratio x attack sweep) of one aligned model (or of the bare model), and its evaluation.
+
+        `method` is the report label; `short` the folder-name prefix (default: the method's name).
+        """
+        short = short or ("none" if method == NO_DEFENSE else method)
         source = (
             {"from_run": str(parent.path), "model": None}
             if isinstance(parent, Stage)
@@ -325,28 +375,28 @@ class _Expander:
                     )
             for seed in grid.seeds:
                 self.attacks(base_model, NO_DEFENSE, seed)
+        sweeps = grid.method_options if isinstance(grid.method_options, dict) else {}
         for method, seed in itertools.product(grid.methods, grid.seeds):
-            align = self.make(
-                "align",
-                f"{method}-s{seed}",
-                {"method": method, "train": {"seed": seed}},
-                {"method": method, "seed": seed},
-                [],
-            )
-            if align is None:
-                continue
-            if grid.include_unattacked:
-                for task in grid.tasks:
-                    labels = {
-                        "method": method,
-                        "seed": seed,
-                        "task": task,
-                        "poison_ratio": None,
-                        "attack": {},
-                        "attacked": False,
-                    }
-                    self.evaluate(align, f"{method}-s{seed}-unattacked-{task}", labels, task)
-            self.attacks(align, method, seed)
+            for options, tag, label in _method_variants(method, sweeps):
+                overrides: dict[str, Any] = {"method": method, "train": {"seed": seed}}
+                if options:
+                    overrides["methods"] = {method.replace("-", "_"): options}
+                name = f"{method}{tag}-s{seed}"
+                align = self.make("align", name, overrides, {"method": label, "seed": seed}, [])
+                if align is None:
+                    continue
+                if grid.include_unattacked:
+                    for task in grid.tasks:
+                        labels = {
+                            "method": label,
+                            "seed": seed,
+                            "task": task,
+                            "poison_ratio": None,
+                            "attack": {},
+                            "attacked": False,
+                        }
+                        self.evaluate(align, f"{name}-unattacked-{task}", labels, task)
+                self.attacks(align, label, seed, short=f"{method}{tag}")
         self.check_sweeps()
         if self.problems or self.exp.base.grid_key_problems():
             lines = self.exp.base.grid_key_problems()
