@@ -152,7 +152,13 @@ def render(result: Any) -> str:
         "on all methods alike). Time × SFT is the ratio of medians; min–max are the per-round ratios. T-Vaccine's probe "
         "(every 200 steps) and redraw (every 20) fall in the warm-up step, so its time is the steady state.",
         "",
-        "Memory is peak **live CPU tensor bytes** during one steady-state step: the bytes of every tensor alive before the step "
+        (
+            f"Measured on the GPU ({m['gpu']}): step times between `torch.cuda.synchronize()` calls; memory is "
+            "`torch.cuda.max_memory_allocated` during one steady-state step plus what set-up and warm-up left allocated. "
+            if m["gpu"]
+            else ""
+        )
+        + "On CPU, memory is peak **live CPU tensor bytes** during one steady-state step: the bytes of every tensor alive before the step "
         "that the method's set-up and warm-up step added (model copy, adapter, optimizer moments, the method's buffers; found with "
         "`gc`) plus the peak of the running sum of the allocator's allocation/free events during the step (PyTorch profiler, "
         "`profile_memory=True`). Allocator caches, Python objects and library workspaces are not counted; on a GPU the same "

@@ -9,6 +9,9 @@ LoRA adapter with the same seed; every batch has the same shape (equal-length ro
 Timing: the methods take turns, one step each per round, the order rotated every round, so that load
 from other processes on the machine falls on all methods alike. Warm-up rounds are not timed.
 
+On a GPU the step is timed between `torch.cuda.synchronize()` calls and memory is
+`torch.cuda.memory_allocated` / `max_memory_allocated`; on CPU:
+
 Memory: peak live CPU tensor bytes of one steady-state step (after a warm-up step), via the PyTorch
 profiler's allocator events (`profile_memory=True`): every allocation and free of a CPU tensor is an
 event, their running sum during the step is the step's extra memory, and the step starts from the
@@ -123,7 +126,7 @@ class MethodStep:
             output_dir=workdir,
             per_device_train_batch_size=setup.batch_size,
             learning_rate=1e-5,
-            use_cpu=True,
+            use_cpu=not torch.cuda.is_available(),
             bf16=setup.precision == "bf16",
             report_to=[],
             save_strategy="no",
@@ -160,6 +163,7 @@ class MethodStep:
         """One optimizer step as Trainer runs it; returns its wall time in seconds."""
         t, model = self.trainer, self.model
         batch = {k: v.clone() for k, v in self.batches[t.state.global_step % len(self.batches)].items()}
+        _synchronize()  # on a GPU, time the kernels, not their launch
         start = time.perf_counter()
         t.training_step(model, batch)
         if t.args.max_grad_norm > 0:
@@ -168,6 +172,7 @@ class MethodStep:
         t.lr_scheduler.step()
         model.zero_grad()
         t.state.global_step += 1
+        _synchronize()
         return time.perf_counter() - start
 
     def close(self) -> None:
@@ -180,6 +185,26 @@ class MethodStep:
 
 
 # ----- memory ---------------------------------------------------------------------------------------
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def alive() -> Any:
+    """What is allocated now: CUDA bytes on a GPU, else the storages of every live CPU tensor."""
+    if torch.cuda.is_available():
+        _synchronize()
+        return torch.cuda.memory_allocated()
+    return live_tensor_storages()
+
+
+def added_bytes(before: Any, after: Any) -> int:
+    """Bytes allocated between two `alive()` readings (and still alive at the second)."""
+    if isinstance(before, int):
+        return after - before
+    return sum(n for ptr, n in after.items() if ptr not in before)
 
 
 def live_tensor_storages() -> dict[int, int]:
@@ -201,7 +226,16 @@ def live_tensor_storages() -> dict[int, int]:
 
 
 def step_peak_bytes(step: Callable[[], Any]) -> tuple[int, int]:
-    """(peak of the running sum of allocator events during `step()`, bytes still allocated at its end)."""
+    """(peak of the running sum of allocator events during `step()`, bytes still allocated at its end).
+
+    On a GPU: `torch.cuda.max_memory_allocated` during the step, above what was allocated at its start.
+    """
+    if torch.cuda.is_available():
+        start = alive()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        end = alive()
+        return torch.cuda.max_memory_allocated() - start, end - start
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -255,11 +289,10 @@ def measure_methods(
         times: dict[str, list[float]] = {m: [] for m in methods}
         try:
             for name in methods:
-                before = live_tensor_storages()
+                before = alive()
                 s = MethodStep(name, base_model, pad_id, setup, workdir, registry)
                 seconds = s.step()
-                after = live_tensor_storages()
-                state[name] = sum(n for ptr, n in after.items() if ptr not in before)
+                state[name] = added_bytes(before, alive())
                 steps.append(s)
                 progress(f"[{setup.precision}] set up {name}: warm-up step {seconds:.2f}s")
             for s in steps:
