@@ -19,6 +19,7 @@ from safeft.evaluation.distributed import split_and_gather
 from safeft.evaluation.generate import generate_answers
 from safeft.evaluation.judges import Judge, is_refusal
 from safeft.evaluation.metrics import (
+    empty_rate,
     fine_tune_accuracy,
     harmful_score,
     hs_plus,
@@ -84,7 +85,8 @@ def evaluate_model(
         flags = [s > judge.threshold for s in scores]
         metrics.update(
             hs=harmful_score(flags), hs_plus=hs_plus(flags, answers), refusal_rate=refusal_rate(answers),
-            incoherence_rate=incoherence_rate(answers), n_harmful=len(answers), judge_threshold=judge.threshold,
+            incoherence_rate=incoherence_rate(answers), empty_rate=empty_rate(answers), n_harmful=len(answers),
+            judge_threshold=judge.threshold,
         )  # fmt: skip
         timing.update(harmful_generation_s=round(t1 - t0, 3), harmful_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
                       judge_s=round(t2 - t1, 3), judge_s_per_prompt=round((t2 - t1) / len(prompts), 4))  # fmt: skip

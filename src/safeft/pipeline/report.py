@@ -43,6 +43,7 @@ METRICS = (
     "harmful_score",
     "harmful_score_plus",
     "refusal_rate",
+    "empty_rate",
     "finetune_accuracy",
     "finetune_accuracy_lenient",
     "n_harmful",
