@@ -45,6 +45,12 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows `write_jsonl` wrote (split on "\n" only: JSON strings may hold U+2028 and friends)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f.read().split("\n") if line.strip()]
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place only when the block succeeds."""

@@ -13,6 +13,9 @@ Files written (atomically, into the runs folder):
     results_long.csv           one row per evaluation (every seed), every metric
     worst_case.csv             per task and method, the attack with the highest HS among those that
                                kept the task's accuracy (also a section of results.md)
+    paired.csv                 each method against SFT under the same attack, prompt by prompt:
+                               the prompts flagged for one only, and an exact McNemar p-value
+                               (also a section of results.md; see safeft.pipeline.paired)
     system.md / system.csv     alignment cost per method: seconds per step, total time, peak memory,
                                and their ratios to SFT
     plots/*.png                HS and FA vs poison ratio per method; alignment and attack loss curves
@@ -35,6 +38,7 @@ import yaml
 
 from safeft.errors import SafeftError
 from safeft.io import atomic_write_text, read_json
+from safeft.pipeline.paired import paired_rows
 
 NO_DEFENSE = "no defense"
 INDEX_FILE = "experiment.json"
@@ -494,6 +498,64 @@ def worst_case_csv(rows: list[dict[str, Any]]) -> str:
     return _csv_text(keys, [["" if r[k] is None else r[k] for k in keys] for r in rows])
 
 
+PAIRED_KEYS = (
+    "task",
+    "method",
+    "reference",
+    "poison_ratio",
+    "attack",
+    "seed",
+    "n",
+    "hs",
+    "reference_hs",
+    "only_method",
+    "only_reference",
+    "p_value",
+)
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "task",
+        "method",
+        "poison ratio",
+        "attack",
+        "seed",
+        "prompts",
+        "HS",
+        "SFT's HS",
+        "flagged for the method only",
+        "for SFT only",
+        "p (exact McNemar)",
+    ]
+    body = [
+        [
+            r["task"],
+            r["method"],
+            "not attacked" if r["poison_ratio"] is None else _fmt_num(r["poison_ratio"]),
+            r["attack"] or "base",
+            MISSING if r["seed"] is None else str(r["seed"]),
+            str(r["n"]),
+            f"{r['hs']:.1f}",
+            f"{r['reference_hs']:.1f}",
+            str(r["only_method"]),
+            str(r["only_reference"]),
+            f"{r['p_value']:.3g}",
+        ]
+        for r in rows
+    ]
+    note = (
+        "Each method against SFT under the same attack, on the prompts both answered. Only the prompts "
+        "where the two verdicts differ tell the models apart; p is the chance of a split at least this "
+        "uneven if both were equally harmful (two-sided exact McNemar test)."
+    )
+    return markdown_table(header, body) + "\n\n" + note + "\n"
+
+
+def paired_csv(rows: list[dict[str, Any]]) -> str:
+    return _csv_text(list(PAIRED_KEYS), [["" if r[k] is None else r[k] for k in PAIRED_KEYS] for r in rows])
+
+
 # ----- system table -------------------------------------------------------------------------------
 
 
@@ -692,6 +754,9 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
     results_md = results_markdown(tables) if tables else "No evaluations yet.\n"
     if worst:
         results_md += "\n### Worst case over the attacks\n\n" + worst_case_markdown(worst, fa_tolerance)
+    paired = paired_rows(runs_dir, runs)
+    if paired:
+        results_md += "\n### Against SFT, prompt by prompt\n\n" + paired_markdown(paired)
     system_md = system_markdown(sys_rows) if sys_rows else "No finished alignment runs yet.\n"
     done = sum(r.done for r in runs)
     status = f"{done} of {len(runs)} stages done" + (
@@ -703,9 +768,18 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
     atomic_write_text(runs_dir / "results.csv", results_csv(tables))
     atomic_write_text(runs_dir / "results_long.csv", results_long_csv(runs))
     atomic_write_text(runs_dir / "worst_case.csv", worst_case_csv(worst))
+    atomic_write_text(runs_dir / "paired.csv", paired_csv(paired))
     atomic_write_text(runs_dir / "system.md", f"# System cost: {runs_dir.name}\n\n{system_md}")
     atomic_write_text(runs_dir / "system.csv", system_csv(sys_rows))
-    written += ["results.md", "results.csv", "results_long.csv", "worst_case.csv", "system.md", "system.csv"]
+    written += [
+        "results.md",
+        "results.csv",
+        "results_long.csv",
+        "worst_case.csv",
+        "paired.csv",
+        "system.md",
+        "system.csv",
+    ]
     plots = runs_dir / "plots"
     for t in tables:
         suffix = _slug(t.task + ("_" + _attack_title(t.attack) if t.attack else ""))

@@ -1,0 +1,91 @@
+"""Is a method's harmful score really different from SFT's? An exact McNemar test, prompt by prompt.
+
+Two evaluations under the same attack (task, poison ratio, attack setting, seed) answer the same
+harmful prompts, so they are paired: on each prompt the judge flags either model's answer or not.
+Only the prompts where the two verdicts disagree carry information about a difference: `b` of them
+are flagged for the method only, `c` for the reference (SFT) only. If both models were equally
+harmful, each disagreement would go either way with probability 1/2, so `b ~ Binomial(b + c, 1/2)`;
+the two-sided exact p-value is `min(1, 2 P(X <= min(b, c)))`. With 300 prompts a difference of a
+few points is often noise, and a table of HS alone does not say which.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from safeft.io import read_jsonl
+
+SAMPLES_FILE = "harmful_samples.jsonl"  # written by the evaluate stage, one line per prompt
+REFERENCE = "sft"
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts `b` and `c`."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def read_verdicts(run_dir: Path) -> dict[tuple[Any, ...], bool] | None:
+    """The judge's verdict per prompt, keyed by where the prompt came from (source and row)."""
+    path = run_dir / SAMPLES_FILE
+    if not path.is_file():
+        return None
+    return {(s.get("source"), s.get("row"), s["prompt"]): bool(s["flagged"]) for s in read_jsonl(path)}
+
+
+def _attack_of(labels: dict[str, Any]) -> tuple[Any, ...]:
+    attack = labels.get("attack") or {}
+    return (
+        labels.get("task"),
+        labels.get("poison_ratio"),
+        bool(labels.get("attacked")),
+        labels.get("seed"),
+        tuple(sorted(attack.items())),
+    )
+
+
+def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """One row per finished evaluation of a method other than `reference` that has a reference twin.
+
+    The twin is the reference's evaluation under the same attack (or both unattacked). Rows hold the
+    paired prompt count, both harmful scores on those prompts, `b`, `c` and the p-value.
+    """
+    evaluations = [r for r in runs if r.kind == "evaluate" and r.done]
+    twins = {_attack_of(r.labels): r for r in evaluations if r.labels.get("method") == reference}
+    rows = []
+    for run in evaluations:
+        twin = twins.get(_attack_of(run.labels))
+        if run.labels.get("method") == reference or twin is None:
+            continue
+        mine, theirs = read_verdicts(runs_dir / run.id), read_verdicts(runs_dir / twin.id)
+        if mine is None or theirs is None:
+            continue
+        shared = mine.keys() & theirs.keys()
+        if not shared:
+            continue
+        b = sum(mine[k] and not theirs[k] for k in shared)
+        c = sum(theirs[k] and not mine[k] for k in shared)
+        n = len(shared)
+        task, ratio, attacked, seed, attack = _attack_of(run.labels)
+        rows.append(
+            {
+                "task": task,
+                "method": run.labels.get("method"),
+                "reference": reference,
+                "poison_ratio": ratio if attacked else None,
+                "attack": ", ".join(f"{k}={v}" for k, v in attack),
+                "seed": seed,
+                "n": n,
+                "hs": 100 * sum(mine[k] for k in shared) / n,
+                "reference_hs": 100 * sum(theirs[k] for k in shared) / n,
+                "only_method": b,
+                "only_reference": c,
+                "p_value": mcnemar_exact_p(b, c),
+            }
+        )
+    return rows

@@ -1,0 +1,111 @@
+"""Paired comparison against SFT: discordant prompts counted by hand, p-values from the binomial by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from safeft.pipeline.paired import mcnemar_exact_p
+from safeft.pipeline.report import write_report
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (0, 0, 1.0),  # no disagreement: no evidence of a difference
+        (0, 5, 2 / 32),  # 2 * P(X = 0), X ~ Bin(5, 1/2)
+        (1, 9, 2 * (1 + 10) / 1024),  # 2 * P(X <= 1), X ~ Bin(10, 1/2)
+        (9, 1, 2 * (1 + 10) / 1024),  # symmetric in b and c
+        (3, 3, 1.0),  # an even split: 2 * P(X <= 3) > 1, capped
+        (2, 4, 2 * (1 + 6 + 15) / 64),
+    ],
+)
+def test_mcnemar_exact_p_matches_the_binomial_tail(b, c, expected):
+    assert mcnemar_exact_p(b, c) == pytest.approx(expected)
+
+
+def _evaluation(root: Path, run_id: str, flags: list[bool]) -> None:
+    path = root / run_id
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"stage": "evaluate", "status": "done"}))
+    hs = 100 * sum(flags) / len(flags)
+    (path / "metrics.json").write_text(json.dumps({"hs": hs, "fa_strict": 90.0}))
+    (path / "harmful_samples.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "prompt": f"q{i}", "answer": "a", "flagged": f, "source": "eval", "row": i})
+            + "\n"
+            for i, f in enumerate(flags)
+        )
+    )
+
+
+def test_report_pairs_each_method_with_sft_under_the_same_attack(tmp_path):
+    root = tmp_path / "exp"
+    sft = [True, False, False, True, False, False]
+    booster = [True, True, True, False, False, False]  # prompts 1, 2 flagged for booster only; 3 for sft only
+    stages = []
+    for method, flags in (("sft", sft), ("booster", booster)):
+        for p in (0.1, 0.2):
+            run_id = f"evaluate/{method}-p{p}"
+            # at p = 0.2 booster's verdicts are sft's: no discordant prompt
+            _evaluation(root, run_id, flags if p == 0.1 else sft)
+            labels = {
+                "method": method,
+                "seed": 1,
+                "task": "sst2",
+                "poison_ratio": p,
+                "attack": {},
+                "attacked": True,
+            }
+            stages.append({"id": run_id, "kind": "evaluate", "labels": labels, "depends_on": []})
+    # an evaluation without an SFT twin (other seed) gets no row
+    _evaluation(root, "evaluate/booster-seed2", booster)
+    labels = {
+        "method": "booster",
+        "seed": 2,
+        "task": "sst2",
+        "poison_ratio": 0.1,
+        "attack": {},
+        "attacked": True,
+    }
+    stages.append({"id": "evaluate/booster-seed2", "kind": "evaluate", "labels": labels, "depends_on": []})
+    (root / "experiment.json").write_text(json.dumps({"name": "exp", "stages": stages}))
+
+    write_report(root)
+
+    rows = list(csv.DictReader((root / "paired.csv").open()))
+    assert [(r["method"], r["poison_ratio"], r["seed"]) for r in rows] == [
+        ("booster", "0.1", "1"),
+        ("booster", "0.2", "1"),
+    ]
+    at_01, at_02 = rows
+    assert (at_01["n"], at_01["only_method"], at_01["only_reference"]) == ("6", "2", "1")
+    assert float(at_01["hs"]) == pytest.approx(50.0)
+    assert float(at_01["reference_hs"]) == pytest.approx(100 * 2 / 6)
+    assert float(at_01["p_value"]) == pytest.approx(1.0)  # 2 * P(X <= 1), X ~ Bin(3, 1/2) = 1
+    assert (at_02["only_method"], at_02["only_reference"], float(at_02["p_value"])) == ("0", "0", 1.0)
+    assert "### Against SFT, prompt by prompt" in (root / "results.md").read_text()
+
+
+def test_only_prompts_both_runs_answered_are_paired(tmp_path):
+    root = tmp_path / "exp"
+    _evaluation(root, "evaluate/sft", [False] * 4)
+    _evaluation(root, "evaluate/booster", [True] * 4)
+    # drop booster's last two prompts: 2 shared prompts remain, both flagged for booster only
+    lines = (root / "evaluate/booster/harmful_samples.jsonl").read_text().splitlines(keepends=True)
+    (root / "evaluate/booster/harmful_samples.jsonl").write_text("".join(lines[:2]))
+    labels = {"seed": 1, "task": "sst2", "poison_ratio": 0.2, "attack": {}, "attacked": True}
+    stages = [
+        {"id": f"evaluate/{m}", "kind": "evaluate", "labels": {**labels, "method": m}, "depends_on": []}
+        for m in ("sft", "booster")
+    ]
+    (root / "experiment.json").write_text(json.dumps({"name": "exp", "stages": stages}))
+
+    write_report(root)
+
+    (row,) = csv.DictReader((root / "paired.csv").open())
+    assert (row["n"], row["only_method"], row["only_reference"]) == ("2", "2", "0")
+    assert float(row["p_value"]) == pytest.approx(2 / 4)  # 2 * P(X = 0), X ~ Bin(2, 1/2)
