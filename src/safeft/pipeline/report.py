@@ -495,6 +495,11 @@ def worst_case_csv(rows: list[dict[str, Any]]) -> str:
         "acceptable",
         "attacks",
     ]
+    return _dict_rows_csv(keys, rows)
+
+
+def _dict_rows_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV of the given keys of each row, None as an empty cell."""
     return _csv_text(keys, [["" if r[k] is None else r[k] for k in keys] for r in rows])
 
 
@@ -553,7 +558,7 @@ def paired_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def paired_csv(rows: list[dict[str, Any]]) -> str:
-    return _csv_text(list(PAIRED_KEYS), [["" if r[k] is None else r[k] for k in PAIRED_KEYS] for r in rows])
+    return _dict_rows_csv(list(PAIRED_KEYS), rows)
 
 
 # ----- system table -------------------------------------------------------------------------------
