@@ -181,6 +181,22 @@ def test_system_table_has_ratios_to_sft(runs_dir):
     assert float(rows["booster"]["seconds_per_step_median_ratio_to_sft"]) == pytest.approx(3.0)
 
 
+def test_a_resumed_alignment_time_is_flagged_and_not_compared(runs_dir):
+    # sft seed 1 was interrupted and resumed: its train time covers only the steps after the checkpoint
+    metrics_path = runs_dir / "align/sft-s1-aa/metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["resumed_from"] = "checkpoints/checkpoint-2"
+    metrics_path.write_text(json.dumps(metrics))
+    write_report(runs_dir)
+    md = (runs_dir / "system.md").read_text()
+    assert _md_row(md, "sft")[3] == "20 (resumed)"
+    # every time ratio depends on sft's time: left out; s/step and memory are still compared
+    assert _md_row(md, "booster") == ["booster", "3", "6.00", "60", "1500", "3.00", "–", "1.50"]
+    assert "covers the steps after that checkpoint only" in md
+    rows = {r["method"]: r for r in csv.DictReader((runs_dir / "system.csv").open())}
+    assert (rows["sft"]["resumed"], rows["booster"]["resumed"]) == ("True", "False")
+
+
 def test_plots_are_png_files(runs_dir):
     index = json.loads((runs_dir / "experiment.json").read_text())
     for p in (0.1, 0.2):  # two attacks with their loss curves

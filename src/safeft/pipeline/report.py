@@ -585,12 +585,15 @@ def system_rows(runs: list[Run]) -> list[dict[str, Any]]:
         for _, key, _ in SYSTEM_COLUMNS:
             values = [x.get(key, x.get("wall_time_s") if key == "train_wall_time_s" else None) for x in mine]  # type: ignore[union-attr]
             row[key] = _mean_sd([v for v in values if v is not None])[0]
+        # A run resumed from a checkpoint timed only the steps after it: its total is not comparable.
+        row["resumed"] = any(x.get("resumed_from") for x in mine)  # type: ignore[union-attr]
         rows.append(row)
     sft = next((r for r in rows if r["method"] == "sft"), None)
     for row in rows:
         for _, key, _ in SYSTEM_COLUMNS:
             base = sft.get(key) if sft else None
-            row[f"{key}_ratio"] = row[key] / base if row[key] is not None and base else None
+            partial = key == "train_wall_time_s" and (row["resumed"] or (sft or {}).get("resumed"))
+            row[f"{key}_ratio"] = row[key] / base if row[key] is not None and base and not partial else None
     return rows
 
 
@@ -606,7 +609,10 @@ def system_markdown(rows: list[dict[str, Any]]) -> str:
     )
     body = [
         [r["method"], _num_or_missing(r["steps"], 0)]
-        + [_num_or_missing(r[k], d) for _, k, d in SYSTEM_COLUMNS]
+        + [
+            _num_or_missing(r[k], d) + (" (resumed)" if r["resumed"] and k == "train_wall_time_s" else "")
+            for _, k, d in SYSTEM_COLUMNS
+        ]
         + [_num_or_missing(r[f"{k}_ratio"], 2) for _, k, _ in SYSTEM_COLUMNS]
         for r in rows
     ]
@@ -614,16 +620,28 @@ def system_markdown(rows: list[dict[str, Any]]) -> str:
         "Alignment stage, mean over seeds. s/step: median seconds per optimizer step; align time: training wall time; "
         "peak memory: CUDA max allocated on GPU, process RSS on CPU (overstates multi-pass methods; see `safeft bench`)."
     )
+    if any(r["resumed"] for r in rows):
+        note += (
+            " (resumed): the run was interrupted and resumed from a checkpoint, so its align time covers the steps "
+            "after that checkpoint only; its ratio is left out."
+        )
     return markdown_table(header, body) + "\n\n" + note + "\n"
 
 
 def system_csv(rows: list[dict[str, Any]]) -> str:
     keys = [k for _, k, _ in SYSTEM_COLUMNS]
-    header = ["method", "runs", "steps", *keys, *[f"{k}_ratio_to_sft" for k in keys]]
+    header = ["method", "runs", "steps", *keys, *[f"{k}_ratio_to_sft" for k in keys], "resumed"]
     return _csv_text(
         header,
         [
-            [r["method"], r["runs"], r["steps"], *[r[k] for k in keys], *[r[f"{k}_ratio"] for k in keys]]
+            [
+                r["method"],
+                r["runs"],
+                r["steps"],
+                *[r[k] for k in keys],
+                *[r[f"{k}_ratio"] for k in keys],
+                r["resumed"],
+            ]
             for r in rows
         ],
     )
