@@ -78,7 +78,8 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
                 "method": run.labels.get("method"),
                 "reference": reference,
                 "poison_ratio": ratio if attacked else None,
-                "attack": ", ".join(f"{k}={v}" for k, v in attack),
+                "attack": run.labels.get("attack")
+                or {},  # the grid's attack settings; the report titles them
                 "seed": seed,
                 "n": n,
                 "hs": 100 * sum(mine[k] for k in shared) / n,

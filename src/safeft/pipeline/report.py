@@ -777,7 +777,7 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
     results_md = results_markdown(tables) if tables else "No evaluations yet.\n"
     if worst:
         results_md += "\n### Worst case over the attacks\n\n" + worst_case_markdown(worst, fa_tolerance)
-    paired = paired_rows(runs_dir, runs)
+    paired = [{**r, "attack": _attack_title(_attack_key(r["attack"]))} for r in paired_rows(runs_dir, runs)]
     if paired:
         results_md += "\n### Against SFT, prompt by prompt\n\n" + paired_markdown(paired)
     system_md = system_markdown(sys_rows) if sys_rows else "No finished alignment runs yet.\n"
