@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from safeft.cli import main
 from safeft.pipeline.paired import mcnemar_exact_p
 from safeft.pipeline.report import write_report
 
@@ -109,3 +110,25 @@ def test_only_prompts_both_runs_answered_are_paired(tmp_path):
     (row,) = csv.DictReader((root / "paired.csv").open())
     assert (row["n"], row["only_method"], row["only_reference"]) == ("2", "2", "0")
     assert float(row["p_value"]) == pytest.approx(2 / 4)  # 2 * P(X = 0), X ~ Bin(2, 1/2)
+
+
+def test_compare_command_pairs_evaluations_from_any_folders(tmp_path, capsys):
+    # e.g. a follow-up experiment's evaluation against the reproduction's Vaccine evaluation
+    _evaluation(tmp_path / "repro", "vaccine-p0.1", [False, False, True, False, False, False])
+    _evaluation(tmp_path / "follow_up", "booster-p0.1", [True, True, True, False, True, False])
+    reference = str(tmp_path / "repro/vaccine-p0.1")
+
+    assert main(["compare", reference, str(tmp_path / "follow_up/booster-p0.1")]) == 0
+
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[2:-1]
+    # prompts 0, 1, 4 flagged for booster only, none for vaccine only: 2 * P(X = 0), X ~ Bin(3, 1/2)
+    assert [cell.strip() for cell in row] == ["6", "66.7", "16.7", "3", "0", "0.25"]
+
+
+def test_compare_command_names_the_missing_samples_file(tmp_path, capsys):
+    _evaluation(tmp_path, "sft", [True, False])
+    (tmp_path / "not_an_evaluation").mkdir()
+
+    assert main(["compare", str(tmp_path / "sft"), str(tmp_path / "not_an_evaluation")]) == 2
+
+    assert str(tmp_path / "not_an_evaluation" / "harmful_samples.jsonl") in capsys.readouterr().err

@@ -135,6 +135,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from safeft.pipeline.paired import SAMPLES_FILE, compare
+    from safeft.pipeline.report import markdown_table
+
+    reference = Path(args.reference)
+    rows = []
+    for run in map(Path, args.runs):
+        counts = compare(run, reference)
+        if counts is None:
+            missing = [str(d / SAMPLES_FILE) for d in (run, reference) if not (d / SAMPLES_FILE).is_file()]
+            raise SafeftError(
+                f"cannot pair {run} with {reference}: "
+                + (f"missing {', '.join(missing)}" if missing else "they share no prompt")
+                + " (give evaluation run directories)"
+            )
+        rows.append(
+            [
+                str(run),
+                str(counts["n"]),
+                f"{counts['hs']:.1f}",
+                f"{counts['reference_hs']:.1f}",
+                str(counts["only_method"]),
+                str(counts["only_reference"]),
+                f"{counts['p_value']:.3g}",
+            ]
+        )
+    header = ["evaluation", "prompts", "HS", "reference HS", "flagged only here", "only for reference", "p"]
+    print(f"reference: {reference}\n\n" + markdown_table(header, rows))
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from safeft.pipeline.quickstart import run_quickstart
 
@@ -285,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="worst case over the attacks: an attack counts if its fine-tune accuracy is at most this many points below the best attack's (default 5)",
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="prompt-by-prompt HS comparison of evaluations (exact McNemar test)",
+        description="Compare each evaluation run directory with a reference one on the harmful prompts both "
+        "answered: HS of each, prompts flagged for only one of the two, exact McNemar p-value. Works across "
+        "experiments (`safeft report` does it within one, against SFT).",
+    )
+    p.add_argument("reference", metavar="REFERENCE_EVAL_DIR")
+    p.add_argument("runs", metavar="EVAL_DIR", nargs="+")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "quickstart",

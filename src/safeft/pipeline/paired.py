@@ -38,6 +38,31 @@ def read_verdicts(run_dir: Path) -> dict[tuple[Any, ...], bool] | None:
     return {(s.get("source"), s.get("row"), s["prompt"]): bool(s["flagged"]) for s in read_jsonl(path)}
 
 
+def compare(run_dir: Path, reference_dir: Path) -> dict[str, Any] | None:
+    """Paired counts of two evaluations on the prompts both answered (None when they share none).
+
+    `n` shared prompts, both harmful scores on them, `only_method` (b) and `only_reference` (c)
+    discordant prompts and the exact McNemar p-value.
+    """
+    mine, theirs = read_verdicts(run_dir), read_verdicts(reference_dir)
+    if mine is None or theirs is None:
+        return None
+    shared = mine.keys() & theirs.keys()
+    if not shared:
+        return None
+    b = sum(mine[k] and not theirs[k] for k in shared)
+    c = sum(theirs[k] and not mine[k] for k in shared)
+    n = len(shared)
+    return {
+        "n": n,
+        "hs": 100 * sum(mine[k] for k in shared) / n,
+        "reference_hs": 100 * sum(theirs[k] for k in shared) / n,
+        "only_method": b,
+        "only_reference": c,
+        "p_value": mcnemar_exact_p(b, c),
+    }
+
+
 def _attack_of(labels: dict[str, Any]) -> tuple[Any, ...]:
     attack = labels.get("attack") or {}
     return (
@@ -62,15 +87,9 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
         twin = twins.get(_attack_of(run.labels))
         if run.labels.get("method") == reference or twin is None:
             continue
-        mine, theirs = read_verdicts(runs_dir / run.id), read_verdicts(runs_dir / twin.id)
-        if mine is None or theirs is None:
+        counts = compare(runs_dir / run.id, runs_dir / twin.id)
+        if counts is None:
             continue
-        shared = mine.keys() & theirs.keys()
-        if not shared:
-            continue
-        b = sum(mine[k] and not theirs[k] for k in shared)
-        c = sum(theirs[k] and not mine[k] for k in shared)
-        n = len(shared)
         task, ratio, attacked, seed, attack = _attack_of(run.labels)
         rows.append(
             {
@@ -81,12 +100,7 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
                 "attack": run.labels.get("attack")
                 or {},  # the grid's attack settings; the report titles them
                 "seed": seed,
-                "n": n,
-                "hs": 100 * sum(mine[k] for k in shared) / n,
-                "reference_hs": 100 * sum(theirs[k] for k in shared) / n,
-                "only_method": b,
-                "only_reference": c,
-                "p_value": mcnemar_exact_p(b, c),
+                **counts,
             }
         )
     return rows
