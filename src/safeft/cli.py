@@ -139,7 +139,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from safeft.pipeline.paired import SAMPLES_FILE, compare
-    from safeft.pipeline.report import markdown_table
+    from safeft.pipeline.report import markdown_table, paired_count_cells
 
     reference = Path(args.reference)
     rows = []
@@ -152,17 +152,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 + (f"missing {', '.join(missing)}" if missing else "they share no prompt")
                 + " (give evaluation run directories)"
             )
-        rows.append(
-            [
-                str(run),
-                str(counts["n"]),
-                f"{counts['hs']:.1f}",
-                f"{counts['reference_hs']:.1f}",
-                str(counts["only_method"]),
-                str(counts["only_reference"]),
-                f"{counts['p_value']:.3g}",
-            ]
-        )
+        rows.append([str(run), *paired_count_cells(counts)])
     header = ["evaluation", "prompts", "HS", "reference HS", "flagged only here", "only for reference", "p"]
     print(f"reference: {reference}\n\n" + markdown_table(header, rows))
     return 0

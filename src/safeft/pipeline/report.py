@@ -537,6 +537,18 @@ PAIRED_KEYS = (
 )
 
 
+def paired_count_cells(counts: dict[str, Any]) -> list[str]:
+    """Table cells of one paired comparison: prompts, both HS, the two discordant counts, p."""
+    return [
+        str(counts["n"]),
+        f"{counts['hs']:.1f}",
+        f"{counts['reference_hs']:.1f}",
+        str(counts["only_method"]),
+        str(counts["only_reference"]),
+        f"{counts['p_value']:.3g}",
+    ]
+
+
 def paired_markdown(rows: list[dict[str, Any]]) -> str:
     header = [
         "task",
@@ -558,12 +570,7 @@ def paired_markdown(rows: list[dict[str, Any]]) -> str:
             "not attacked" if r["poison_ratio"] is None else _fmt_num(r["poison_ratio"]),
             r["attack"] or "base",
             MISSING if r["seed"] is None else str(r["seed"]),
-            str(r["n"]),
-            f"{r['hs']:.1f}",
-            f"{r['reference_hs']:.1f}",
-            str(r["only_method"]),
-            str(r["only_reference"]),
-            f"{r['p_value']:.3g}",
+            *paired_count_cells(r),
         ]
         for r in rows
     ]
