@@ -84,21 +84,22 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
     twins = {_attack_of(r.labels): r for r in evaluations if r.labels.get("method") == reference}
     rows = []
     for run in evaluations:
-        twin = twins.get(_attack_of(run.labels))
+        attack = _attack_of(run.labels)
+        twin = twins.get(attack)
         if run.labels.get("method") == reference or twin is None:
             continue
         counts = compare(runs_dir / run.id, runs_dir / twin.id)
         if counts is None:
             continue
-        task, ratio, attacked, seed, attack = _attack_of(run.labels)
+        task, ratio, attacked, seed, _ = attack
         rows.append(
             {
                 "task": task,
                 "method": run.labels.get("method"),
                 "reference": reference,
                 "poison_ratio": ratio if attacked else None,
-                "attack": run.labels.get("attack")
-                or {},  # the grid's attack settings; the report titles them
+                # the grid's attack settings as given; the report titles them
+                "attack": run.labels.get("attack") or {},
                 "seed": seed,
                 **counts,
             }
