@@ -276,3 +276,48 @@ def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
     caplog.clear()
     assert ex.run_experiment(path) == 0
     assert caplog.text.count("(cached, skipped)") == 8
+
+
+def test_repairs_axis_adds_a_repair_and_its_evaluation_per_attack(tmp_path):
+    stages = build(tmp_path, repairs=["none", "antidote", "safelora"])
+    attacks, repairs = by_kind(stages, "finetune"), by_kind(stages, "repair")
+    defended = [s for s in attacks if s.labels["method"] != ex.NO_DEFENSE]
+    # every defended attack gets both repairs; the no-defense attacks only Antidote (SafeLoRA needs an alignment)
+    assert len(repairs) == 2 * len(defended) + (len(attacks) - len(defended))
+    for rep in repairs:
+        (parent,) = [s for s in attacks if s.id == rep.depends_on[0]]
+        assert rep.config.run == str(parent.path) and rep.config.method == rep.labels["repair"]
+        assert rep.labels["method"] == f"{parent.labels['method']} + {rep.config.method}"
+        (evaluation,) = [s for s in stages if s.kind == "evaluate" and s.depends_on == [rep.id]]
+        assert evaluation.config.run == str(rep.path) and evaluation.labels == rep.labels
+    assert not [r for r in repairs if r.labels["method"] == f"{ex.NO_DEFENSE} + safelora"]
+    unrepaired = build(tmp_path)  # repairs default to none: the same stages as before the axis existed
+    assert {s.id for s in unrepaired} == {s.id for s in stages if "repair" not in s.labels}
+
+
+def test_repairs_axis_is_checked(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build(tmp_path, repairs=["antidot", "none", "none"])
+    assert "did you mean 'antidote'" in str(e.value) and "duplicate" in str(e.value)
+
+
+def test_tiny_experiment_with_repairs_runs_and_reports_each_repair_as_a_row(tmp_path):
+    data = experiment_dict(
+        tmp_path,
+        methods=["sft"],
+        seeds=[1],
+        poison_ratios=[0.1],
+        include_no_defense=False,
+        include_unattacked=False,
+        repairs=["none", "antidote", "safelora"],
+    )
+    pool = data["base"]["align"]["harmful_data"]
+    data["base"]["repair"] = {
+        "max_length": 48,
+        "methods": {"antidote": {"calibration_data": pool, "calibration_samples": 8}},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert ex.run_experiment(path) == 0
+    md = (tmp_path / "runs" / "results.md").read_text()
+    assert "| sft |" in md and "| sft + antidote |" in md and "| sft + safelora |" in md

@@ -96,6 +96,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from safeft.stages.repair import RepairConfig, run_repair
+
+    if args.num_processes > 1:
+        raise SafeftError(
+            "safeft repair runs in one process (a single pass over the adapter); drop --num-processes"
+        )
+    run = run_repair(_load_stage_config(RepairConfig, args))
+    print(f"repair run: {run.path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, run_evaluate
@@ -194,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     from safeft.stages.align import AlignConfig
     from safeft.stages.evaluate import EvaluateConfig
     from safeft.stages.finetune import FinetuneConfig
+    from safeft.stages.repair import RepairConfig
 
     parser = argparse.ArgumentParser(
         prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report."
@@ -244,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument(
         "--kind",
-        choices=("align", "finetune", "evaluate", "experiment"),
+        choices=("align", "finetune", "repair", "evaluate", "experiment"),
         help="what the file configures (default: inferred)",
     )
     p.set_defaults(func=cmd_validate)
@@ -265,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_finetune)
     _stage_parser(
         sub,
+        "repair",
+        RepairConfig,
+        "post-fine-tuning stage: repair a fine-tuned LoRA adapter (SafeLoRA, Antidote)",
+        "Repair a fine-tuning run's LoRA adapter with SafeLoRA or Antidote and write a run directory that "
+        "'safeft evaluate --run' evaluates.",
+    ).set_defaults(func=cmd_repair)
+    _stage_parser(
+        sub,
         "evaluate",
         EvaluateConfig,
         "harmful score and task accuracy of a run or model",
@@ -274,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment grid (cached, resumable)",
-        description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.",
+        description="Expand an experiment file into align -> finetune -> repair -> evaluate stages, run what is not done, and write the report.",
     )
     p.add_argument("experiment", metavar="EXPERIMENT.yaml")
     p.add_argument(
