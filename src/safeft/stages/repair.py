@@ -90,7 +90,7 @@ def _inputs(cfg: RepairConfig, finetune: RunDir, tokenizer: Any, model: Any) -> 
         if not parent:
             raise SafeftError(
                 f"SafeLoRA needs the alignment's weight change, but {finetune.path} fine-tuned a bare model "
-                "(no alignment run); give --safelora.aligned-model and --safelora.unaligned-model"
+                "(no alignment run); give --methods.safelora.aligned-model and --methods.safelora.unaligned-model"
             )
         align = _finished(parent, "alignment run")
         base = align.manifest["base_model"]
