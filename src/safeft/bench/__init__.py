@@ -30,7 +30,7 @@ from safeft.errors import SafeftError
 log = logging.getLogger("safeft.bench")
 
 # The methods of the main table, in the order of the papers' comparisons.
-DEFAULT_METHODS = ("sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa")
+DEFAULT_METHODS = ("sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa", "panacea")
 JUDGES = ("keyword", "cpu")
 
 

@@ -18,6 +18,7 @@ METHOD_NOTES = {
     "booster-vaccine": "4 passes",
     "repnoise": "1 backward of 2 forwards",
     "lisa": "1 pass + proximal term",
+    "panacea": "3 passes",
 }
 
 

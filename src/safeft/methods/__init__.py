@@ -14,6 +14,7 @@ from safeft.errors import unknown_name
 from safeft.methods.base import AlignmentTrainer
 from safeft.methods.booster import BoosterConfig, BoosterTrainer, BoosterVaccineConfig, BoosterVaccineTrainer
 from safeft.methods.lisa import LisaConfig, LisaTrainer
+from safeft.methods.panacea import PanaceaConfig, PanaceaTrainer
 from safeft.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from safeft.methods.sft import SFTConfig, SFTTrainer
 from safeft.methods.tvaccine import TVaccineConfig, TVaccineTrainer
@@ -72,6 +73,13 @@ METHODS: dict[str, MethodSpec] = {
     ),
     "lisa": MethodSpec(
         LisaConfig, LisaTrainer, "finetune", "new", "fine-tuning-stage defense: alternate with alignment data"
+    ),
+    "panacea": MethodSpec(
+        PanaceaConfig,
+        PanaceaTrainer,
+        "finetune",
+        "new",
+        "fine-tuning-stage defense: learn a perturbation that raises the harmful loss, add it after (3 passes/step)",
     ),
 }
 
