@@ -29,6 +29,7 @@ def test_registry_names_stages_and_adapter_modes():
         "repnoise",
         "lisa",
         "panacea",
+        "tar",
     }
     assert {n for n, s in METHODS.items() if s.finetune_adapter == "continue"} == {
         "booster",
@@ -41,6 +42,7 @@ def test_registry_names_stages_and_adapter_modes():
         "booster-vaccine",
         "repnoise",
         "panacea",
+        "tar",
     }
     assert METHODS["lisa"].needs_alignment
 

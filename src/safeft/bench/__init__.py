@@ -30,7 +30,17 @@ from safeft.errors import SafeftError
 log = logging.getLogger("safeft.bench")
 
 # The methods of the main table, in the order of the papers' comparisons.
-DEFAULT_METHODS = ("sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa", "panacea")
+DEFAULT_METHODS = (
+    "sft",
+    "vaccine",
+    "tvaccine",
+    "booster",
+    "booster-vaccine",
+    "repnoise",
+    "tar",
+    "lisa",
+    "panacea",
+)
 JUDGES = ("keyword", "cpu")
 
 

@@ -19,6 +19,7 @@ METHOD_NOTES = {
     "repnoise": "1 backward of 2 forwards",
     "lisa": "1 pass + proximal term",
     "panacea": "3 passes",
+    "tar": "K attack steps + K/tamper_every TR passes + retain pass",
 }
 
 

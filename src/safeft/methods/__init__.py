@@ -17,6 +17,7 @@ from safeft.methods.lisa import LisaConfig, LisaTrainer
 from safeft.methods.panacea import PanaceaConfig, PanaceaTrainer
 from safeft.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from safeft.methods.sft import SFTConfig, SFTTrainer
+from safeft.methods.tar import TARConfig, TARTrainer
 from safeft.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from safeft.methods.vaccine import VaccineConfig, VaccineTrainer
 
@@ -70,6 +71,13 @@ METHODS: dict[str, MethodSpec] = {
         "align",
         "new",
         "harmful representations -> noise, harmful-loss ascent",
+    ),
+    "tar": MethodSpec(
+        TARConfig,
+        TARTrainer,
+        "align",
+        "new",
+        "meta-learn resistance to simulated fine-tuning attacks (K attack steps per step)",
     ),
     "lisa": MethodSpec(
         LisaConfig, LisaTrainer, "finetune", "new", "fine-tuning-stage defense: alternate with alignment data"
