@@ -23,6 +23,7 @@ from safeft.stages.training import (
     TrainSettings,
     remove_checkpoints,
     save_weights,
+    seed_everything,
     train_resumably,
     training_arguments,
 )
@@ -88,6 +89,7 @@ def run_align(cfg: AlignConfig) -> RunDir:
         return RunDir.open(run.path)
     with stage_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None) as run:
         t0 = time.perf_counter()
+        seed_everything(cfg.train.seed)  # before the model and its adapter are built
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
         alignment = training_rows(cfg.alignment_data, cfg.alignment_samples, "alignment rows", cfg.data_dir)
         harmful_ds = None

@@ -25,6 +25,7 @@ from safeft.stages.training import (
     TrainSettings,
     remove_checkpoints,
     save_weights,
+    seed_everything,
     train_resumably,
     training_arguments,
 )
@@ -144,6 +145,7 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         alignment_method=parent.manifest.get("method") if parent else None,
     ) as run:
         t0 = time.perf_counter()
+        seed_everything(cfg.train.seed)  # before the model and its adapter are built
         task = get_task(cfg.task)
         benign = task.load_train(cfg.task_data, data_dir=cfg.data_dir)
         harmful = with_responses(
