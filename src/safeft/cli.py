@@ -38,6 +38,12 @@ def _stage_parser(
         metavar="N",
         help="run on N data-parallel processes (re-launched with torchrun; for FSDP/DeepSpeed/multi-node use 'accelerate launch -m safeft.cli', see docs/distributed.md)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output (finished, of another config or another stage); "
+        "the old run stays intact until the new one is complete",
+    )
     config_cls.add_arguments(p)
     return p
 
@@ -83,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from safeft.stages.align import AlignConfig, run_align
 
-    run = run_align(_load_stage_config(AlignConfig, args))
+    run = run_align(_load_stage_config(AlignConfig, args), overwrite=args.overwrite)
     print(f"alignment run: {run.path}")
     return 0
 
@@ -91,7 +97,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from safeft.stages.finetune import FinetuneConfig, run_finetune
 
-    run = run_finetune(_load_stage_config(FinetuneConfig, args))
+    run = run_finetune(_load_stage_config(FinetuneConfig, args), overwrite=args.overwrite)
     print(f"fine-tuning run: {run.path}")
     return 0
 
@@ -100,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, run_evaluate
 
-    run = run_evaluate(_load_stage_config(EvaluateConfig, args))
+    run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite)
     metrics = read_json(run.path / "metrics.json")
     keys = (
         "harmful_score",

@@ -482,10 +482,14 @@ def run_stage(stage: Stage, num_processes: int = 1) -> None:
     if num_processes > 1:
         from safeft.launch import launch
 
-        # The launched processes read the resolved config from the run directory (the stage rewrites the same file).
-        config_path = stage.path / "config.yaml"
+        # The launched processes read the resolved config from a file beside the run directory (the
+        # folder itself is the stage's to claim).
+        config_path = stage.path.parent / f".{stage.path.name}.config.yaml"
         stage.config.save(config_path)
-        code = launch([stage.kind, "--config", str(config_path)], num_processes)
+        try:
+            code = launch([stage.kind, "--config", str(config_path)], num_processes)
+        finally:
+            config_path.unlink(missing_ok=True)
         if code != 0:
             raise SafeftError(
                 f"stage {stage.id} failed with exit code {code}; see {stage.path / 'log.txt'}. Rerun the same command to resume it."

@@ -65,21 +65,25 @@ class EvaluateConfig(Config):
         return problems
 
 
-def run_evaluate(cfg: EvaluateConfig) -> RunDir:
+def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False) -> RunDir:
+    """Evaluate a run's model (or a bare model) into `cfg.output`; `overwrite` replaces an evaluation there."""
     out = RunDir(Path(cfg.output))
-    if out.is_done(config_fingerprint(cfg)):
+    if not overwrite and out.is_done(config_fingerprint(cfg)):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
-    parent = RunDir.open(cfg.run) if cfg.run else None
+    parent = RunDir.open(cfg.run, stages=("align", "finetune")) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
     with stage_run(
         cfg.output,
         "evaluate",
         cfg,
+        overwrite=overwrite,
         parent=str(parent.path.resolve()) if parent else None,
         base_model=parent.manifest["base_model"] if parent else cfg.model,
     ) as out:
+        if out.reused:
+            return out
         t0 = time.perf_counter()
         if parent:
             model, tok = load_weights_chain(
