@@ -90,7 +90,6 @@ def test_the_same_command_reuses_a_finished_run(data, finished, capsys):
 
 
 def test_a_run_of_another_stage_is_refused(data, finished, tmp_path, capsys):
-    out = tmp_path / "attack"
     argv = [
         "finetune",
         "--model",
@@ -167,7 +166,9 @@ def test_a_checkpoint_of_another_config_is_not_resumed(data, finished, tmp_path,
     (run / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
     (run / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text("{}")
-    err = _refused(align_argv(data, run, "sft", "--train.max-steps", "1", "--train.learning-rate", "1e-4"), capsys)
+    err = _refused(
+        align_argv(data, run, "sft", "--train.max-steps", "1", "--train.learning-rate", "1e-4"), capsys
+    )
     assert "checkpoint written under another configuration" in err
     assert "train.learning_rate: 0.01 -> 0.0001" in err
 
