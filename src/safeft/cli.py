@@ -399,6 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_numbers_attached(argv: list[str]) -> list[str]:
+    """`--opt -1e-3` -> `--opt=-1e-3`: argparse takes a value like -1e-3 for an option and stops.
+
+    The value then reaches the config's own check, which says what range the option accepts.
+    """
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-"):
+            try:
+                float(token)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={token}"
+                continue
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -410,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_negative_numbers_attached(argv))
+        if getattr(args, "num_processes", 1) < 1:
+            raise SafeftError(f"--num-processes: got {args.num_processes}, expected an integer >= 1")
         from safeft.launch import inside_launched_process, launch
 
         if (

@@ -177,6 +177,22 @@ class ExperimentConfig(Config):
     base: BaseSettings = field(default_factory=BaseSettings)
     grid: Grid = field(default_factory=Grid)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        # An explicitly empty grid is a forgotten one, not a request for the default axes.
+        problems = []
+        if isinstance(data, dict) and "grid" in data and not data["grid"]:
+            problems.append(
+                f"grid: got {data['grid']!r}, expected the axes of the experiment (at least methods)"
+            )
+        try:
+            exp = super().from_dict(data, source)
+        except ConfigError as e:
+            raise ConfigError(problems + e.problems, source) from None
+        if problems:
+            raise ConfigError(problems, source)
+        return exp
+
     def check(self) -> list[str]:
         if not self.name:
             return ["name: required (a short name for the experiment, e.g. booster_cpu_repro)"]

@@ -39,6 +39,16 @@ class TrainSettings(Config):
     save_steps: int = option(50, "write a resumable checkpoint every N steps", range=(1, None))
     progress: bool = option(True, "show a progress bar with ETA")
 
+    def check(self) -> list[str]:
+        problems = []
+        if self.learning_rate == 0:
+            problems.append("learning_rate: got 0, expected a positive rate (0 trains nothing)")
+        if self.max_steps == 0:
+            problems.append("max_steps: got 0, expected -1 (run all epochs) or at least 1 step")
+        if self.max_steps == -1 and self.epochs == 0:
+            problems.append("epochs: got 0 with max_steps -1, expected a positive number of passes")
+        return problems
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch before a stage builds anything.
