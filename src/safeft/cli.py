@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, run_evaluate
 
-    run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite)
+    run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite, strict=args.strict)
     metrics = read_json(run.path / "metrics.json")
     keys = (
         "harmful_score",
@@ -131,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         output=args.output,
         num_processes=args.num_processes,
+        strict=args.strict,
     )
 
 
@@ -269,13 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
         "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
     ).set_defaults(func=cmd_finetune)
-    _stage_parser(
+    p = _stage_parser(
         sub,
         "evaluate",
         EvaluateConfig,
         "harmful score and task accuracy of a run or model",
         "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.",
-    ).set_defaults(func=cmd_evaluate)
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to score rows the model was trained on (alignment, attack or Lisa rows; the overlap "
+        "is checked and reported in metrics.json 'leaks' either way)",
+    )
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "run",
@@ -297,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="evaluations refuse to score rows their model was trained on (see 'safeft evaluate --strict')",
     )
     p.set_defaults(func=cmd_run)
 

@@ -493,8 +493,11 @@ def write_index(exp: ExperimentConfig, stages: list[Stage]) -> Path:
     return path
 
 
-def run_stage(stage: Stage, num_processes: int = 1) -> None:
-    """Run one stage: in this process, or on `num_processes` processes launched with torchrun."""
+def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> None:
+    """Run one stage: in this process, or on `num_processes` processes launched with torchrun.
+
+    `strict`: evaluations refuse to score rows their model was trained on.
+    """
     if num_processes > 1:
         from safeft.launch import launch
 
@@ -502,8 +505,11 @@ def run_stage(stage: Stage, num_processes: int = 1) -> None:
         # folder itself is the stage's to claim).
         config_path = stage.path.parent / f".{stage.path.name}.config.yaml"
         stage.config.save(config_path)
+        argv = [stage.kind, "--config", str(config_path)]
+        if strict and stage.kind == "evaluate":
+            argv.append("--strict")
         try:
-            code = launch([stage.kind, "--config", str(config_path)], num_processes)
+            code = launch(argv, num_processes)
         finally:
             config_path.unlink(missing_ok=True)
         if code != 0:
@@ -522,10 +528,12 @@ def run_stage(stage: Stage, num_processes: int = 1) -> None:
     else:
         from safeft.stages.evaluate import run_evaluate
 
-        run_evaluate(stage.config)  # type: ignore[arg-type]
+        run_evaluate(stage.config, strict=strict)  # type: ignore[arg-type]
 
 
-def execute(exp: ExperimentConfig, *, dry_run: bool = False, num_processes: int = 1) -> int:
+def execute(
+    exp: ExperimentConfig, *, dry_run: bool = False, num_processes: int = 1, strict: bool = False
+) -> int:
     """Expand, plan, print or run, then write the report; returns the exit code."""
     if num_processes < 1:
         raise SafeftError(f"--num-processes: got {num_processes}, expected an integer >= 1")
@@ -550,7 +558,7 @@ def execute(exp: ExperimentConfig, *, dry_run: bool = False, num_processes: int 
         log.info("stage %d/%d: %s (%s)", i, total, st.id, _status(st))
         t0 = time.perf_counter()
         try:
-            run_stage(st, num_processes)
+            run_stage(st, num_processes, strict)
         except SafeftError:
             _report_so_far(exp)
             raise
@@ -581,10 +589,13 @@ def run_experiment(
     data_dir: str | None = None,
     output: str | None = None,
     num_processes: int = 1,
+    strict: bool = False,
 ) -> int:
     """`safeft run EXPERIMENT.yaml`: run (or, with dry_run, plan) every stage not already done, then report.
 
     `data_dir` and `output` override the file's values (the command line wins, as for every stage).
     """
     overrides = {key: value for key, value in (("data_dir", data_dir), ("output", output)) if value}
-    return execute(load_experiment(path, overrides), dry_run=dry_run, num_processes=num_processes)
+    return execute(
+        load_experiment(path, overrides), dry_run=dry_run, num_processes=num_processes, strict=strict
+    )
