@@ -85,7 +85,9 @@ def _scale(run: Path) -> float:
 
 def _repair(runs, arch: str, method: str, **options) -> Path:
     _, attack = runs[arch]
-    out = runs["root"] / f"repair-{arch}-{method}"
+    out = runs["root"] / "-".join(
+        ["repair", arch, method, *(f"{k}{v}" for k, v in options.items() if k != "calibration_data")]
+    )
     run_repair(
         RepairConfig.from_dict(
             {

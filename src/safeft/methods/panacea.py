@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safeft.config import option
 from safeft.methods.base import EPS, AlignmentTrainer, MethodConfig, global_norm
 
 log = logging.getLogger("safeft")
-
-EPSILON_FILE = "panacea_epsilon.safetensors"  # the last step's ε, kept with every checkpoint
 
 
 @dataclass
@@ -53,8 +49,8 @@ class PanaceaTrainer(AlignmentTrainer):
     last step's ε is added to the weights. The stored reference does not run (`clip_loss_h` is
     undefined, `Pancacea` is misspelt); where it is ambiguous this follows the paper and the evident
     intent of the code: the backward runs on the clamped h(w + ε) (the `loss_h = torch.clamp(...)`
-    the line above it computes), w is restored from an exact copy, and ε is saved with each
-    checkpoint so that a resumed run adds the same ε.
+    the line above it computes), w is restored from an exact copy, and ε rides along with each
+    checkpoint (`method_state`) so that a resumed run adds the same ε.
     """
 
     config_cls = PanaceaConfig
@@ -126,20 +122,10 @@ class PanaceaTrainer(AlignmentTrainer):
             torch._foreach_add_(self.trainable, self.epsilon)
         log.info("Panacea: added the last step's perturbation (norm %.4g)", global_norm(self.epsilon).item())
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        # ε goes in first: the checkpoint counts as complete once Trainer writes trainer_state.json, last.
-        if self.epsilon is not None and self.is_world_process_zero():
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            save_file(
-                {str(i): e.detach().cpu().contiguous() for i, e in enumerate(self.epsilon)},
-                f"{folder}/{EPSILON_FILE}",
-            )
-        super()._save_checkpoint(model, trial)
+    def method_state(self) -> dict[str, Any]:
+        # The last step's ε rides along with every checkpoint: a run resumed at its end adds the same ε.
+        return {"epsilon": [e.detach().cpu() for e in self.epsilon] if self.epsilon is not None else None}
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, EPSILON_FILE)
-        if os.path.isfile(path):
-            saved = load_file(path)
-            self.epsilon = [saved[str(i)].to(p.device) for i, p in enumerate(self.trainable)]
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        if state.get("epsilon") is not None:
+            self.epsilon = [e.to(p.device) for e, p in zip(state["epsilon"], self.trainable, strict=True)]

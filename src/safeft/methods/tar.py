@@ -14,7 +14,7 @@ from torch import nn
 
 from safeft.config import option
 from safeft.errors import SafeftError
-from safeft.methods.base import AlignmentTrainer, MethodConfig, _IndexStream
+from safeft.methods.base import AlignmentTrainer, MethodConfig
 
 
 @dataclass
@@ -125,7 +125,6 @@ class TARTrainer(AlignmentTrainer):
             raise SafeftError("TAR needs at least 2 harmful rows: one for the attacks, one held out")
         self.adversary_rows = [self.harmful_dataset[i] for i in range(0, len(self.harmful_dataset), 2)]
         self.heldout_rows = [self.harmful_dataset[i] for i in range(1, len(self.harmful_dataset), 2)]
-        self._tar_streams: dict[str, _IndexStream] = {}
         # The original model of the retain loss: the adapter switched off, or a frozen copy (full fine-tuning).
         self._original = None if hasattr(self.model, "disable_adapter") else self._frozen_copy(self.model)
 
@@ -137,12 +136,9 @@ class TARTrainer(AlignmentTrainer):
         return original
 
     def _rows(self, which: str, batch_size: int) -> dict[str, torch.Tensor]:
+        """The next batch of attack ("adversary") or held-out ("heldout") harmful rows."""
         rows = self.adversary_rows if which == "adversary" else self.heldout_rows
-        stream = self._tar_streams.get(which)
-        if stream is None:
-            seed = self.args.seed + (17 if which == "adversary" else 29)
-            stream = _IndexStream(len(rows), batch_size, seed, self.args.process_index, self.args.world_size)
-            self._tar_streams[which] = stream
+        stream = self._stream(f"tar-{which}", len(rows), batch_size)  # its position is checkpointed
         return self._prepare_inputs(self.data_collator([rows[i] for i in stream.next()]))
 
     def _adversary_learning_rate(self, attack: int) -> float:

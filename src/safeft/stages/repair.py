@@ -28,7 +28,7 @@ from safeft.io import write_json
 from safeft.models import load_model, load_weights_chain
 from safeft.repair import REPAIRS, get_repair
 from safeft.repair.base import PEFT_PREFIX, RepairInputs
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, stage_run
+from safeft.stages.runs import PeakMemory, RunDir, stage_run
 from safeft.stages.training import save_weights
 
 log = logging.getLogger("safeft")
@@ -71,8 +71,8 @@ class RepairConfig(Config):
         return getattr(self.methods, self.method)
 
 
-def _finished(path: str | Path, what: str) -> RunDir:
-    run = RunDir.open(path)
+def _finished(path: str | Path, what: str, stage: str = "finetune") -> RunDir:
+    run = RunDir.open(path, stages=(stage,))
     if run.manifest.get("status") != "done":
         raise SafeftError(
             f"{what} {run.path} is not finished (status {run.manifest.get('status')!r}); finish it first"
@@ -92,7 +92,7 @@ def _inputs(cfg: RepairConfig, finetune: RunDir, tokenizer: Any, model: Any) -> 
                 f"SafeLoRA needs the alignment's weight change, but {finetune.path} fine-tuned a bare model "
                 "(no alignment run); give --methods.safelora.aligned-model and --methods.safelora.unaligned-model"
             )
-        align = _finished(parent, "alignment run")
+        align = _finished(parent, "alignment run", "align")
         base = align.manifest["base_model"]
         aligned, _ = load_weights_chain(
             base, align.manifest.get("weights", []), cache=cfg.cache_dir, merge_last=True
@@ -117,12 +117,9 @@ def _inputs(cfg: RepairConfig, finetune: RunDir, tokenizer: Any, model: Any) -> 
     return RepairInputs(load, alignment_models, calibration_batches, fan_in_fan_out)
 
 
-def run_repair(cfg: RepairConfig) -> RunDir:
+def run_repair(cfg: RepairConfig, *, overwrite: bool = False) -> RunDir:
+    """Repair the fine-tuning run `cfg.run` into `cfg.output`; `overwrite` replaces a repair already there."""
     spec = get_repair(cfg.method)
-    run = RunDir(Path(cfg.output))
-    if run.is_done(config_fingerprint(cfg)):
-        log.info("repair run %s is already done; reusing it", run.path)
-        return RunDir.open(run.path)
     finetune = _finished(cfg.run, "fine-tuning run")
     chain = finetune.manifest.get("weights", [])
     if not chain or chain[-1]["kind"] != "adapter":
@@ -133,11 +130,15 @@ def run_repair(cfg: RepairConfig) -> RunDir:
         cfg.output,
         "repair",
         cfg,
+        overwrite=overwrite,
         method=cfg.method,
         base_model=finetune.manifest["base_model"],
         parent=str(finetune.path.resolve()),
         alignment_method=finetune.manifest.get("alignment_method"),
     ) as run:
+        if run.reused:
+            log.info("repair run %s is already done; reusing it", run.path)
+            return run
         t0 = time.perf_counter()
         # Earlier adapters merged, the fine-tuning adapter live: the matrices the methods edit.
         model, tok = load_weights_chain(finetune.manifest["base_model"], chain, cache=cfg.cache_dir)
@@ -154,7 +155,7 @@ def run_repair(cfg: RepairConfig) -> RunDir:
         write_json(run.path / "metrics.json", metrics)
         run.write_manifest(
             status="done",
-            weights=chain[:-1] + [{"kind": weights, "path": str((run.path / weights).resolve())}],
+            weights=chain[:-1] + [{"kind": weights, "path": str(run.final(weights))}],
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
     return run
