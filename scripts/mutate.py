@@ -35,7 +35,11 @@ TESTS = {
     "src/safeft/methods/booster.py": ["tests/test_methods_booster.py"],
     "src/safeft/methods/hooks.py": ["tests/test_hooks.py", "tests/test_methods_vaccine.py"],
     "src/safeft/methods/loss.py": ["tests/test_loss.py"],
-    "src/safeft/methods/base.py": ["tests/test_methods_booster.py", "tests/test_methods_vaccine.py"],
+    "src/safeft/methods/base.py": [
+        "tests/test_methods_base.py",
+        "tests/test_methods_booster.py",
+        "tests/test_methods_vaccine.py",
+    ],
     "src/safeft/methods/sft.py": ["tests/test_loss.py", "tests/test_methods_registry.py"],
     "src/safeft/methods/__init__.py": ["tests/test_methods_registry.py"],
     "src/safeft/data/mix.py": ["tests/test_mix.py"],
@@ -146,9 +150,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per mutant's tests")
     parser.add_argument("--only", nargs="*", help="module paths (default: all mapped modules)")
     parser.add_argument("--log", type=Path, required=True, help="JSON lines, one per mutant")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to mutate (default: this one)")
     args = parser.parse_args()
+    repo = args.repo.resolve()
     modules = args.only or list(TESTS)
-    candidates = [(m, *s) for m in modules for s in sites((REPO / m).read_text())]
+    modules = [m for m in modules if (repo / m).is_file()]
+    candidates = [(m, *s) for m in modules for s in sites((repo / m).read_text())]
     random.Random(args.seed).shuffle(candidates)
     chosen = candidates[: args.sample]
     start = time.time()
@@ -165,10 +172,11 @@ def main() -> None:
             for module, number, what, line in chosen:
                 if time.time() - start > args.budget_min * 60:
                     break
-                original = (REPO / module).read_text()
+                original = (repo / module).read_text()
                 (copy / module).write_text(mutate(original, number, what))
                 t0 = time.time()
-                verdict = run_tests(copy, TESTS[module], args.timeout)
+                tests = [t for t in TESTS[module] if (copy / t).is_file()]  # an older checkout has fewer
+                verdict = run_tests(copy, tests, args.timeout)
                 (copy / module).write_text(original)
                 row = {
                     "module": module,

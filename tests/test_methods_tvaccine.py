@@ -172,3 +172,11 @@ def test_update_is_the_gradient_with_only_the_drawn_blocks_perturbed(tmp_path):
 
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.grad, e, atol=1e-6, rtol=1e-4)
+
+
+def test_under_full_finetuning_tensors_outside_the_blocks_are_frozen_while_blocks_are_drawn(tmp_path):
+    model = tiny(full=True)
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=1))
+    t.set_drawn([2])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(_block_of(n) == 2 for n in trainable)  # embeddings, final norm: frozen
