@@ -339,9 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         key = REFERENCE_RUNS[n][0]
         if key is not None and key not in checkouts:
             raise SystemExit(f"case {n} needs the {REFERENCES[key][0]} checkout: give --refs or --{key}")
-    command = "python scripts/reference_golden.py " + shlex.join(
-        a if not a.startswith("/") else a for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = "python scripts/reference_golden.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     torch.use_deterministic_algorithms(True)
     for n in names:
         meta = run_case(n, checkouts, ns.out, command)
