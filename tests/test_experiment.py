@@ -286,6 +286,17 @@ def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
     assert caplog.text.count("(cached, skipped)") == 8
 
 
+def test_fingerprint_counts_only_the_chosen_methods_options(tmp_path):
+    from safeft.stages.align import AlignConfig
+
+    base = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other.methods.repnoise.ascent_weight = 0.5  # another method's option: same stage result
+    assert config_fingerprint(other) == config_fingerprint(base)
+    other.methods.booster.harmful_weight = 1.0  # the chosen method's option: a different stage
+    assert config_fingerprint(other) != config_fingerprint(base)
+
+
 def test_repairs_axis_adds_a_repair_and_its_evaluation_per_attack(tmp_path):
     stages = build(tmp_path, repairs=["none", "antidote", "safelora"])
     attacks, repairs = by_kind(stages, "finetune"), by_kind(stages, "repair")

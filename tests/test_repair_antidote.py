@@ -2,7 +2,7 @@
 
 The golden file holds a fixed two-block model whose only Linear layers are LoRA matrices, the input
 of every matrix for six calibration rows, and the masks git-disl/Antidote `utils.py::prune_wanda_outlier`
-@26e2ade computed on it at four dense ratios; tests/golden/antidote_reference.json names the command.
+@26e2ade computed on it at four dense ratios; tests/fixtures/reference/antidote.json names the command (scripts/reference_golden_antidote.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from safeft.repair.antidote import InputSquareSums, wanda_prune_mask
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "fixtures" / "reference"
 
 
 def test_prunes_the_highest_wanda_scores_of_each_row():
@@ -56,8 +56,8 @@ def test_input_statistics_skip_padding_and_average_over_rows():
 
 @pytest.mark.parametrize("dense_ratio", [0.1, 0.05, 0.2, 0.3])
 def test_matches_the_reference_implementation(dense_ratio):
-    tensors = load_file(GOLDEN / "antidote_reference.safetensors")
-    assert dense_ratio in json.loads((GOLDEN / "antidote_reference.json").read_text())["dense_ratios"]
+    tensors = load_file(GOLDEN / "antidote.safetensors")
+    assert dense_ratio in json.loads((GOLDEN / "antidote.json").read_text())["dense_ratios"]
     lengths = tensors["lengths"].tolist()
     names = sorted(k.removeprefix("weight.") for k in tensors if k.startswith("weight."))
     linears = {}

@@ -2,7 +2,7 @@
 
 The golden file holds fixed tiny tensors (alignment changes V, LoRA pairs A and B) and what
 IBM/SafeLoRA `model.py` @d81fda1 computed on them (its cosines and its final B of every layer, in
-number and threshold mode); tests/golden/safelora_reference.json names the command.
+number and threshold mode); tests/fixtures/reference/safelora.json names the command (scripts/reference_golden_safelora.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from safeft.errors import SafeftError
 from safeft.repair.safelora import SafeLoRAConfig, alignment_matrix, project
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "fixtures" / "reference"
 
 
 def test_alignment_matrix_is_v_vt_over_frobenius_norm():
@@ -66,8 +66,8 @@ def test_config_needs_both_models_or_neither():
 
 @pytest.mark.parametrize("case", ["number10", "number3", "threshold0.5", "threshold0.35"])
 def test_matches_the_reference_implementation(case):
-    tensors = load_file(GOLDEN / "safelora_reference.safetensors")
-    meta = json.loads((GOLDEN / "safelora_reference.json").read_text())["cases"][case]
+    tensors = load_file(GOLDEN / "safelora.safetensors")
+    meta = json.loads((GOLDEN / "safelora.json").read_text())["cases"][case]
     layers = sorted(k.removeprefix("delta.") for k in tensors if k.startswith("delta."))
     # the reference lists its cosines in module order: layers.0.q, k, v, layers.1.q, ...
     order = sorted(layers, key=lambda n: (int(n.split(".")[2]), ["q_proj", "k_proj", "v_proj"].index(n[-6:])))
