@@ -340,3 +340,16 @@ def test_tiny_experiment_with_repairs_runs_and_reports_each_repair_as_a_row(tmp_
     assert ex.run_experiment(path) == 0
     md = (tmp_path / "runs" / "results.md").read_text()
     assert "| sft |" in md and "| sft + antidote |" in md and "| sft + safelora |" in md
+
+
+def test_finetune_methods_axis_adds_a_row_per_fine_tuning_stage_defense(tmp_path):
+    plain = build(tmp_path)
+    stages = build(tmp_path, finetune_methods=["sft", "panacea"])
+    attacks = by_kind(stages, "finetune")
+    assert {s.config.method for s in attacks} == {"sft", "panacea"}
+    assert len(attacks) == 2 * len(by_kind(plain, "finetune"))
+    # the sft attacks are the very stages the grid had without the axis; panacea's are labelled rows
+    assert {s.id for s in attacks if s.config.method == "sft"} == {s.id for s in by_kind(plain, "finetune")}
+    for s in attacks:
+        if s.config.method == "panacea":
+            assert s.labels["method"].endswith(" + panacea") and s.path.name.split("-")[-2] == "panacea"

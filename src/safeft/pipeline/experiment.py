@@ -33,8 +33,11 @@ from typing import Any
 from safeft.config import Config, option
 from safeft.errors import ConfigError, SafeftError
 from safeft.io import write_json
+from safeft.methods import METHODS as _METHODS
 from safeft.pipeline.report import INDEX_FILE, NO_DEFENSE  # the index the report reads; the undefended row
 from safeft.repair import NO_REPAIR, REPAIRS
+
+FINETUNE_METHOD_NAMES = tuple(n for n, spec in _METHODS.items() if spec.stage == "finetune" or n == "sft")
 
 log = logging.getLogger("safeft")
 
@@ -160,6 +163,12 @@ class Grid(Config):
         "'<method> + <repair>'. SafeLoRA needs an alignment, so it skips the no-defense row",
         choices=(NO_REPAIR, *REPAIRS),
     )
+    finetune_methods: list[str] = option(
+        default_factory=list,
+        help="fine-tuning methods of every attack: sft and/or fine-tuning-stage defenses (lisa, panacea); each "
+        "defense is its own report row '<method> + <defense>'. Empty: base.finetune's method",
+        choices=FINETUNE_METHOD_NAMES,
+    )
     include_no_defense: bool = option(True, "also attack the non-aligned base model (the 'no defense' row)")
     include_unattacked: bool = option(
         True, "also evaluate every aligned model before any attack (the 'aligned, not attacked' column)"
@@ -172,7 +181,7 @@ class Grid(Config):
                 problems.append(f"{key}: got an empty list, expected at least one value")
         if not self.methods and not self.include_no_defense:
             problems.append("methods: got an empty list with include_no_defense false: nothing to run")
-        for key in ("methods", "poison_ratios", "tasks", "seeds", "repairs"):
+        for key in ("methods", "poison_ratios", "tasks", "seeds", "repairs", "finetune_methods"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 problems.append(f"{key}: got duplicate values {values!r}; list each value once")
@@ -371,16 +380,24 @@ class _Expander:
             else {"from_run": None, "model": parent}
         )
         grid = self.exp.grid
-        for task, ratio, attack in itertools.product(
-            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack)
+        # An empty finetune_methods axis keeps base.finetune's method (and the folder names without a tag).
+        finetune_methods: list[str | None] = list(grid.finetune_methods) or [None]
+        for task, ratio, attack, finetune_method in itertools.product(
+            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack), finetune_methods
         ):
             overrides, tag = _attack_overrides(attack)
             overrides = _merge(
                 overrides, {**source, "task": task, "poison_ratio": ratio, "train": {"seed": seed}}
             )
+            label = method
+            if finetune_method is not None:
+                overrides["method"] = finetune_method
+                if finetune_method != "sft":  # a fine-tuning-stage defense: its own row and folder
+                    tag += f"-{finetune_method}"
+                    label = f"{method} + {finetune_method}"
             name = f"{short}-s{seed}-{task}-p{_num(ratio)}{tag}"
             labels = {
-                "method": method,
+                "method": label,
                 "seed": seed,
                 "task": task,
                 "poison_ratio": ratio,
