@@ -164,17 +164,18 @@ def test_binary_metrics_against_hand_counts():
 
 def test_split_by_prompt_keeps_prompts_together_and_eval_prompts_out():
     records = [Record(f"prompt {i % 20}", "", f"answer {i}", {"is_safe": i % 2 == 0}) for i in range(100)]
-    train, test, held_eval = split_by_prompt(
-        records, {"Prompt  3", "prompt 4"}, holdout_fraction=0.25, seed=1
-    )
-    train_prompts, test_prompts = {r.instruction for r in train}, {r.instruction for r in test}
-    assert not train_prompts & test_prompts
-    assert {r.instruction for r in held_eval} == {"prompt 3", "prompt 4"}
-    assert not ({"prompt 3", "prompt 4"} & (train_prompts | test_prompts))
-    assert len(test_prompts) == round(0.25 * 18)
-    assert len(train) + len(test) + len(held_eval) == 100
+    splits = split_by_prompt(records, {"Prompt  3", "prompt 4"}, 0.25, seed=1, validation_fraction=1 / 6)
+    prompts = {name: {r.instruction for r in rows} for name, rows in splits.items()}
+    for a, b in (("train", "heldout"), ("train", "validation"), ("validation", "heldout")):
+        assert not prompts[a] & prompts[b], (a, b)
+    assert prompts["eval_prompts"] == {"prompt 3", "prompt 4"}
+    assert not {"prompt 3", "prompt 4"} & (prompts["train"] | prompts["heldout"] | prompts["validation"])
+    assert len(prompts["heldout"]) == round(0.25 * 18) and len(prompts["validation"]) == round(18 / 6)
+    assert sum(map(len, splits.values())) == 100
+    assert split_by_prompt(records, set(), 0.25, seed=1) == split_by_prompt(records, set(), 0.25, seed=1)
     assert (
-        split_by_prompt(records, set(), 0.25, seed=1)[1] == split_by_prompt(records, set(), 0.25, seed=1)[1]
+        split_by_prompt(records, set(), 0.25, seed=1)["heldout"]
+        != split_by_prompt(records, set(), 0.25, seed=2)["heldout"]
     )
 
 
