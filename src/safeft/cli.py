@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from safeft.pipeline.paired import SAMPLES_FILE, compare
+    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of
     from safeft.pipeline.report import markdown_table, paired_count_cells
 
     reference = Path(args.reference)
@@ -179,8 +179,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 + (f"missing {', '.join(missing)}" if missing else "they share no prompt")
                 + " (give evaluation run directories)"
             )
-        rows.append([str(run), *paired_count_cells(counts)])
-    header = ["evaluation", "prompts", "HS", "reference HS", "flagged only here", "only for reference", "p"]
+        # every judge both evaluations saved (older evaluations: their own judge only)
+        shared = [j for j in judges_of(run) if j in judges_of(reference)]
+        for judge, judged in (
+            [(None, counts)] if not shared else [(j, compare(run, reference, j)) for j in shared]
+        ):
+            assert judged is not None
+            cells = paired_count_cells(judged)
+            cells[1] += f" [{judged['hs_ci95'][0]:.1f}, {judged['hs_ci95'][1]:.1f}]"
+            cells[2] += f" [{judged['reference_hs_ci95'][0]:.1f}, {judged['reference_hs_ci95'][1]:.1f}]"
+            rows.append([str(run), judge or "(its own)", *cells])
+    header = [
+        "evaluation",
+        "judge",
+        "prompts",
+        "HS [95% CI]",
+        "reference HS [95% CI]",
+        "flagged only here",
+        "only for reference",
+        "p",
+    ]
     print(f"reference: {reference}\n\n" + markdown_table(header, rows))
     return 0
 
