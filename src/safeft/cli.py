@@ -210,11 +210,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
-    from safeft.evaluation.cpu_judge import train_cpu_judge
+    from safeft.evaluation.cpu_judge import judge_train_main
 
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir)
-    print(metrics)
-    return 0
+    return judge_train_main(args)
 
 
 def cmd_judge_eval(args: argparse.Namespace) -> int:
@@ -402,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.",
+        description="Train the CPU judge's head on frozen MiniLM embeddings of the labelled QA pairs of the data folder "
+        "(split by prompt; threshold chosen on validation) and write the judge; prints its held-out metrics.",
     )
     q.add_argument(
         "--output",
@@ -410,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
+    q.add_argument(
+        "--threads", type=int, default=2, help="torch threads (the result is reproducible for a given number)"
+    )
     q.set_defaults(func=cmd_judge_train)
     q = judge_sub.add_parser(
         "eval",
