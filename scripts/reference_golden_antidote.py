@@ -11,11 +11,16 @@ tests/fixtures/reference/antidote.safetensors (the LoRA weights, the input of ev
 row, the reference's masks) and antidote.json (provenance).
 """
 
-import argparse, json, sys, types, importlib.util
+import argparse
+import importlib.util
+import json
+import sys
+import types
 from pathlib import Path
+
 import torch
-from torch import nn
 from safetensors.torch import save_file
+from torch import nn
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--refs", required=True, help="folder with the checkout git-disl+Antidote")
@@ -112,8 +117,7 @@ meta = {
         "repo": "git-disl/Antidote",
         "commit": "26e2ade",
         "function": "utils.py::prune_wanda_outlier (unmodified; args.full_finetuning='False', sample_num=len(samples))",
-        "command": "python scripts/reference_golden_antidote.py --refs /work/refs (torch %s)"
-        % torch.__version__,
+        "command": f"python scripts/reference_golden_antidote.py --refs /work/refs (torch {torch.__version__})",
     },
     "dense_ratios": [0.1, 0.05, 0.2, 0.3],
 }

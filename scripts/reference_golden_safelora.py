@@ -12,12 +12,17 @@ cosines). The only compatibility shim: transformers 5 no longer takes `load_in_8
 reference passes to `from_pretrained`; it is dropped (it changes nothing).
 """
 
-import argparse, json, sys, tempfile, types, importlib.util
+import argparse
+import importlib.util
+import json
+import tempfile
+import types
 from pathlib import Path
+
 import torch
-from safetensors.torch import save_file
-from transformers import LlamaConfig, AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--refs", required=True, help="folder with the checkout IBM+SafeLoRA")
@@ -113,9 +118,10 @@ meta = {
         "repo": "IBM/SafeLoRA",
         "commit": "d81fda1",
         "file": "model.py (class SafeLoRA, unmodified)",
-        "command": "python scripts/reference_golden_safelora.py --refs /work/refs (transformers %s, peft %s, torch %s); "
-        "the only shim: load_in_8bit=False is dropped from from_pretrained (transformers 5 no longer takes it)"
-        % (__import__("transformers").__version__, __import__("peft").__version__, torch.__version__),
+        "command": "python scripts/reference_golden_safelora.py --refs /work/refs (transformers {}, peft {}, torch {}); "
+        "the only shim: load_in_8bit=False is dropped from from_pretrained (transformers 5 no longer takes it)".format(
+            __import__("transformers").__version__, __import__("peft").__version__, torch.__version__
+        ),
     },
     "lora": {"r": 4, "alpha": 8},
     "cases": {},
@@ -128,8 +134,6 @@ for case, kw in cases.items():
     # the cosines, as the reference computes them (its number mode runs projected_weighted once for them)
     s = ref.SafeLoRA(pm, conf)
     _, cos = s.projected_weighted(s.get_aligned_matrix(), -2.0)  # threshold below any cosine: only the list
-    for n, p in s.model.named_parameters():
-        pass
     meta["cases"][case] = {"config": kw, "cosines": [float(c) for c in cos]}
     pm2 = lora_model()
     s2 = ref.SafeLoRA(pm2, conf)
