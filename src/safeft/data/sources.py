@@ -82,6 +82,16 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[int, Row]]:
 def _read_csv(path: Path, text: str) -> Iterator[tuple[int, Row]]:
     reader = csv.DictReader(text.splitlines(keepends=True))
     for row in reader:
+        if None in row.values() or None in row:  # fewer (or more) cells than the header has columns
+            missing = [k for k, v in row.items() if v is None and k is not None]
+            raise DataError(
+                f"the row has {len(reader.fieldnames or []) - len(missing) + len(row.get(None) or [])} cells, "
+                f"the header has {len(reader.fieldnames or [])} columns"
+                + (f"; no cell for {', '.join(map(repr, missing))}" if missing else ""),
+                path=str(path),
+                row=reader.line_num,
+                field=missing[0] if missing else None,
+            )
         # CSV cells are text: turn integer cells into ints so `label` columns validate like JSON.
         yield (
             reader.line_num,
@@ -92,7 +102,20 @@ def _read_csv(path: Path, text: str) -> Iterator[tuple[int, Row]]:
 def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
     from datasets import Dataset
 
-    for number, row in enumerate(Dataset.from_parquet(str(path)), start=1):
+    with open(path, "rb") as f:  # checked here: datasets would log its own error before raising
+        head = f.read(4)
+        f.seek(max(path.stat().st_size - 4, 0))
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        raise DataError("is not a parquet file (it lacks parquet's PAR1 markers)", path=str(path))
+    try:
+        rows = Dataset.from_parquet(str(path))
+    except Exception as e:  # pyarrow's errors for a file that is not parquet have no common base
+        raise DataError(
+            f"could not be read as parquet ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            path=str(path),
+        ) from None
+    for number, row in enumerate(rows, start=1):
         yield number, dict(row)
 
 

@@ -68,7 +68,7 @@ class LisaTrainer(AlignmentTrainer):
     reference does. Both add ρ/2·||w - w_other||², where w_other are the weights at the last switch of
     state (the last weights of the other state), at the steps after the first
     `proximal_warmup_ratio` of the steps. The state is a pure function of the step, so every
-    process switches together. After resuming from a checkpoint, w_other restarts at the resumed weights.
+    process switches together. w_other is saved with every checkpoint, so a resumed run continues exactly.
     """
 
     config_cls = LisaConfig
@@ -81,6 +81,15 @@ class LisaTrainer(AlignmentTrainer):
         super().__init__(*args, **kwargs)
         self._phase: str | None = None
         self.anchor: list[torch.Tensor] = []
+
+    def method_state(self) -> dict[str, Any]:
+        return {"phase": self._phase, "anchor": self.anchor}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        self._phase = state["phase"]
+        if state["anchor"]:
+            anchor = [a.to(p.device) for a, p in zip(state["anchor"], self.trainable, strict=True)]
+            self.anchor = self.copy_into("anchor", anchor)
 
     def compute_loss(
         self,

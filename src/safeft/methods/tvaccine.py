@@ -113,7 +113,7 @@ class TVaccineTrainer(AlignmentTrainer):
         cfg = self.method_config
         step = self.state.global_step
         if step != self._planned_step:  # once per optimizer step (first micro-batch)
-            # The first step of a run (also after resuming) measures and draws whatever the step.
+            # The first step of a run measures and draws whatever the step.
             first, self._planned_step = self._planned_step < 0, step
             # 1. Every K steps: q_l = ||G_l|| / sum ||G||, measured on a harmful probe batch.
             if first or step % cfg.probability_steps == 0:
@@ -143,6 +143,14 @@ class TVaccineTrainer(AlignmentTrainer):
         self.record("tvaccine/loss_after", result.loss_after)
         self.record("tvaccine/perturbation_norm", result.perturbation_norm)
         return self.reported(result.loss_after)
+
+    def method_state(self) -> dict[str, Any]:
+        return {"q": self.q, "drawn": self.drawn, "planned_step": self._planned_step}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        # Resumed, the next step measures and draws only when the uninterrupted run would have.
+        self.q, self._planned_step = state["q"], state["planned_step"]
+        self.set_drawn(state["drawn"])
 
     def probe_hidden_grad_norms(self, model: nn.Module) -> torch.Tensor:
         """n_l = ||dL_h/dh_l|| for every block, on one harmful batch (averaged over processes)."""

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from safeft.config import Config, option
@@ -17,12 +16,13 @@ from safeft.errors import SafeftError
 from safeft.io import write_json
 from safeft.methods import METHODS, get_method
 from safeft.models import LoraSettings, attach_lora, load_model
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, stage_run
+from safeft.stages.runs import PeakMemory, RunDir, stage_run
 from safeft.stages.training import (
     HistoryCallback,
     TrainSettings,
     remove_checkpoints,
     save_weights,
+    seed_everything,
     train_resumably,
     training_arguments,
 )
@@ -96,14 +96,17 @@ def harmful_records(cfg: AlignConfig, alignment: list) -> list:
     return with_responses(pair_by_prompt(alignment, pool), "harmful rows")
 
 
-def run_align(cfg: AlignConfig) -> RunDir:
+def run_align(cfg: AlignConfig, *, overwrite: bool = False) -> RunDir:
+    """Align `cfg.model` into the run folder `cfg.output`; `overwrite` replaces a run already there."""
     spec = get_method(cfg.method)
-    run = RunDir(Path(cfg.output))
-    if run.is_done(config_fingerprint(cfg)):
-        log.info("alignment run %s is already done; reusing it", run.path)
-        return RunDir.open(run.path)
-    with stage_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None) as run:
+    with stage_run(
+        cfg.output, "align", cfg, overwrite=overwrite, method=cfg.method, base_model=cfg.model, parent=None
+    ) as run:
+        if run.reused:
+            log.info("alignment run %s is already done; reusing it", run.path)
+            return run
         t0 = time.perf_counter()
+        seed_everything(cfg.train.seed)  # before the model and its adapter are built
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
         alignment = training_rows(cfg.alignment_data, cfg.alignment_samples, "alignment rows", cfg.data_dir)
         harmful_ds = None
@@ -139,7 +142,7 @@ def run_align(cfg: AlignConfig) -> RunDir:
             write_json(run.path / "metrics.json", metrics)
             run.write_manifest(
                 status="done",
-                weights=[{"kind": weights, "path": str((run.path / weights).resolve())}],
+                weights=[{"kind": weights, "path": str(run.final(weights))}],
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
             )
             remove_checkpoints(run)
