@@ -247,7 +247,12 @@ def _claim(path: Path, stage: str, config: Config, overwrite: bool) -> str:
     if not path.exists() or not any(path.iterdir()):
         return "new"
     manifest_file = path / "manifest.json"
-    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    try:
+        manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise SafeftError(
+            f"output {path}: its manifest.json cannot be read ({e}); pass another --output, or repair or remove the folder."
+        ) from None
     if not isinstance(manifest, dict) or "stage" not in manifest:
         raise SafeftError(
             f"output {path} is a folder that is not empty and was not made by safeft (no run manifest). "
