@@ -99,13 +99,14 @@ def kill_at_checkpoint(argv: list[str], run: Path, step: int) -> None:
     assert manifest["status"] == "running", "the run finished before it was killed; raise STEPS"
 
 
-# The methods without state of their own beyond Trainer's run only under `-m slow` (a minute each on
-# a loaded 2-core machine); the ones with batch streams or method state always run.
-STATELESS = {"sft", "vaccine", "booster-vaccine"}
+# SFT and Vaccine carry no state beyond Trainer's, and Booster+Vaccine's stream is Booster's: these
+# run under `-m slow` (a minute each on a loaded 2-core machine). Booster, T-Vaccine, RepNoise and
+# Lisa, each with state of its own, run every time.
+SLOW = {"sft", "vaccine", "booster-vaccine"}
 
 
 @pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=[pytest.mark.slow] if m in STATELESS else []) for m in METHODS]
+    "method", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW else []) for m in METHODS]
 )
 def test_killed_run_resumes_bitwise(method, data, tmp_path):
     stage, config = stage_config(data, method)
