@@ -284,3 +284,14 @@ def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
     caplog.clear()
     assert ex.run_experiment(path) == 0
     assert caplog.text.count("(cached, skipped)") == 8
+
+
+def test_fingerprint_counts_only_the_chosen_methods_options(tmp_path):
+    from safeft.stages.align import AlignConfig
+
+    base = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other.methods.repnoise.ascent_weight = 0.5  # another method's option: same stage result
+    assert config_fingerprint(other) == config_fingerprint(base)
+    other.methods.booster.harmful_weight = 1.0  # the chosen method's option: a different stage
+    assert config_fingerprint(other) != config_fingerprint(base)

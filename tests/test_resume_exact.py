@@ -29,7 +29,7 @@ STEPS = 8
 METHOD_OPTIONS = {
     "booster": {"harmful_batch_size": 3},
     "booster-vaccine": {"harmful_batch_size": 3},
-    "repnoise": {"harmful_batch_size": 3, "mmd_max_tokens": 16},
+    "repnoise": {"harmful_batch_size": 3},
     "tvaccine": {"probability_steps": 3, "resample_steps": 2, "sampled_blocks": 2, "probe_batch_size": 3},
     "lisa": {"finetune_steps": 2, "alignment_steps": 1, "proximal_warmup_ratio": 0.0},
 }

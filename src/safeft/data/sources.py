@@ -317,6 +317,65 @@ class HarmfulPool(Source):
         return out[:limit] if limit is not None else out
 
 
+@dataclass(frozen=True)
+class HarmlessRequests(Source):
+    """The requests people labelled harmless in a `guard_prompts/` set: what over-refusal is measured on."""
+
+    of: str = "toxic-chat"  # the guard-prompt source whose harmless rows these are
+
+    def load(
+        self, data_dir: str | Path | None = None, split: str | None = None, limit: int | None = None
+    ) -> list[Record]:
+        self.check_split(split)
+        rows = [r for r in SOURCES[self.of].load(data_dir) if r.meta["prompt_harmful"] is False]
+        out = [Record(r.instruction, r.input, "", {**r.meta, "source": self.name}) for r in rows]
+        return out[:limit] if limit is not None else out
+
+
+def saferlhf_pairs(data_dir: str | Path | None = None) -> list[tuple[Record, Record]]:
+    """(safe, unsafe) answers to the same prompt from PKU-SafeRLHF's 2k subset, one pair per prompt.
+
+    The subset's 549 prompts each have both a safe and an unsafe answer (1 to 12 of each). A prompt
+    that is a harmful-score evaluation prompt (`beavertails-eval`) is left out (30 are); of each
+    prompt's answers the first safe one and the first unsafe one that is not one of the attack's
+    (prompt, response) pairs are kept, in file order (one prompt has no other unsafe answer: 518
+    pairs). Texts are compared after `normalize_text`.
+    """
+    eval_prompts = {normalize_text(r.instruction) for r in SOURCES["beavertails-eval"].load(data_dir)}
+    attack_pairs = {
+        (normalize_text(r.instruction), normalize_text(r.output))
+        for r in SOURCES["beavertails-attack"].load(data_dir)
+    }
+    first: dict[str, dict[bool, Record]] = {}
+    for r in SOURCES["pku-saferlhf"].load(data_dir):
+        prompt = normalize_text(r.instruction)
+        if prompt in eval_prompts or (prompt, normalize_text(r.output)) in attack_pairs:
+            continue
+        first.setdefault(prompt, {}).setdefault(bool(r.is_safe), r)
+    return [(answers[True], answers[False]) for answers in first.values() if len(answers) == 2]
+
+
+@dataclass(frozen=True)
+class PairedSafeRLHF(Source):
+    """One side of `saferlhf_pairs`: the safe answers (alignment rows) or the unsafe ones (harmful rows).
+
+    Row k of the safe side and row k of the unsafe side share their prompt, so `pair_by_prompt`
+    joins them; `meta["pair"]` is k.
+    """
+
+    safe_side: bool = True
+
+    def load(
+        self, data_dir: str | Path | None = None, split: str | None = None, limit: int | None = None
+    ) -> list[Record]:
+        self.check_split(split)
+        out = []
+        for k, pair in enumerate(saferlhf_pairs(data_dir)):
+            r = pair[0] if self.safe_side else pair[1]
+            out.append(Record(r.instruction, r.input, r.output, {**r.meta, "source": self.name, "pair": k}))
+        return out[:limit] if limit is not None else out
+
+
 def _qa(row: Row) -> Record:
     """A harmful (or labelled) QA pair: instruction = prompt, output = response."""
     return Record(row["prompt"], "", row.get("response") or "")
@@ -326,6 +385,10 @@ def _prompt_only(key: str) -> Callable[[Row], Record]:
     return lambda row: Record(row[key], "", "")
 
 
+def _guard_prompt(row: Row) -> Record:
+    return Record(row["prompt"], "", "", {"prompt_harmful": row["prompt_harmful"]})
+
+
 def _instruction(row: Row) -> Record:
     return Record(row["instruction"], row.get("input") or "", row.get("output") or "")
 
@@ -333,6 +396,15 @@ def _instruction(row: Row) -> Record:
 _BEAVERTAILS = "PKU-Alignment/BeaverTails"
 _QA_FIELDS: dict[str, Types] = {"prompt": STR, "response": STR, "is_safe": (bool,)}
 _CATEGORY: dict[str, Types] = {"category": (str, dict, type(None)), "idx": (int,)}
+
+_GUARD_FIELDS: dict[str, Types] = {"prompt": STR, "prompt_harmful": (bool,)}
+_GUARD_FILES = {
+    "simple-safety-tests": ("guard_prompts/simple_safety_tests.jsonl", "SimpleSafetyTests: 100 harmful prompts"),
+    "aegis": ("guard_prompts/aegis_safety_test.jsonl", "Aegis safety test: 359 prompts, 232 labelled harmful"),
+    "openai-moderation": ("guard_prompts/openai_moderation.jsonl", "OpenAI moderation evaluation: 1,680 texts, 522 labelled harmful"),
+    "toxic-chat": ("guard_prompts/toxic_chat.jsonl", "ToxicChat test: 2,853 user requests, 362 labelled harmful"),
+}  # fmt: skip
+GUARD_PROMPT_SOURCES = tuple(_GUARD_FILES)  # human prompt-harm labels (`prompt_harmful`), no responses
 
 
 def _task_source(
@@ -396,6 +468,22 @@ SOURCES: dict[str, Source] = {
             {"train": "pku_saferlhf/test_subset_2k.jsonl + beavertails/30k_test.jsonl"},
             {},
             _qa,
+        ),
+        PairedSafeRLHF(
+            "pku-paired-safe",
+            "alignment rows paired by prompt with pku-paired-unsafe: PKU-SafeRLHF prompts -> a safe answer (518)",
+            {"train": "pku_saferlhf/test_subset_2k.jsonl"},
+            {},
+            _qa,
+            safe_side=True,
+        ),
+        PairedSafeRLHF(
+            "pku-paired-unsafe",
+            "harmful rows paired by prompt with pku-paired-safe: the same prompts -> an unsafe answer (518)",
+            {"train": "pku_saferlhf/test_subset_2k.jsonl"},
+            {},
+            _qa,
+            safe_side=False,
         ),
         Source(
             "pku-saferlhf",
@@ -474,6 +562,24 @@ SOURCES: dict[str, Source] = {
             {"prompt": STR, "category": STR},
             _prompt_only("prompt"),
         ),
+        *(
+            Source(
+                name,
+                description + " (prompt_harmful)",
+                {"test": path},
+                _GUARD_FIELDS,
+                _guard_prompt,
+                optional={"idx": (int,)},
+            )
+            for name, (path, description) in _GUARD_FILES.items()
+        ),
+        HarmlessRequests(
+            "harmless-requests",
+            "the 2,491 ToxicChat user requests labelled harmless: over-refusal is measured on them",
+            {"test": "guard_prompts/toxic_chat.jsonl"},
+            {},
+            _guard_prompt,
+        ),
     ]
 }
 
@@ -530,7 +636,7 @@ def _load_file(path: Path, as_source: str | None, limit: int | None) -> list[Rec
         if as_source not in SOURCES:
             raise unknown_name("data source", as_source, SOURCES)
         schema = SOURCES[as_source]
-        if isinstance(schema, HarmfulPool):
+        if isinstance(schema, (HarmfulPool, PairedSafeRLHF)):
             schema = GENERIC_QA
     else:
         schema = _detect_schema(path)
@@ -604,3 +710,29 @@ def training_rows(name_or_path: str, n: int, what: str, data_dir: str | Path | N
     return with_responses(
         take(load_source(name_or_path, data_dir=data_dir), n, f"{what} from {name_or_path}"), what
     )
+
+
+def pair_by_prompt(alignment: list[Record], harmful: list[Record]) -> list[Record]:
+    """For each alignment row, the first harmful row with the same prompt (its partner), in order.
+
+    Prompts are compared after `normalize_text`. An alignment row whose prompt no harmful row has is
+    an error naming its file, row and field.
+    """
+    partners: dict[str, Record] = {}
+    for r in harmful:
+        partners.setdefault(normalize_text(r.instruction), r)
+    out = []
+    for r in alignment:
+        partner = partners.get(normalize_text(r.instruction))
+        if partner is None:
+            where = harmful[0].meta.get("path", "the harmful data") if harmful else "the harmful data"
+            raise DataError(
+                f"pair_by_prompt: no harmful row has this alignment row's prompt {r.instruction!r:.80} "
+                f"(searched {len(harmful)} rows of {where}). Give harmful data with a partner for every "
+                "alignment prompt (e.g. pku-paired-safe with pku-paired-unsafe), or turn pair_by_prompt off",
+                path=r.meta.get("path"),
+                row=r.meta.get("row"),
+                field="instruction",
+            )
+        out.append(partner)
+    return out

@@ -74,8 +74,15 @@ def git_revision() -> str | None:
 
 
 def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) -> str:
-    """A hash of what determines a stage's result (the output folder itself does not)."""
+    """A hash of what determines a stage's result (the output folder itself does not).
+
+    Of the per-method sections only the chosen method's counts: a new option of another method
+    must not invalidate every finished stage.
+    """
     data = {k: v for k, v in config.to_dict().items() if k not in ignore}
+    if isinstance(data.get("method"), str) and isinstance(data.get("methods"), dict):
+        chosen = data["method"].replace("-", "_")
+        data["methods"] = {k: v for k, v in data["methods"].items() if k == chosen}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
