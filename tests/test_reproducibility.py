@@ -61,6 +61,8 @@ def _grid(data: dict[str, str], output) -> dict:
             "evaluate": {
                 "judge": "keyword",
                 "harmful_prompts": data["eval_prompts"],
+                "harmless_prompts": data["harmless"],
+                "harmless_limit": 2,
                 "task_data": data["sst2_eval"],
                 "limit": 4,
                 "task_limit": 4,

@@ -103,7 +103,11 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
     current: RunDir | None = run
     while current is not None and current.path.resolve() not in seen:
         seen.add(current.path.resolve())
-        config = read_yaml(current.path / "config.yaml")
+        try:
+            config = read_yaml(current.path / "config.yaml")
+        except SafeftError as e:
+            out.append((f"training rows of {current.path}", _unreadable(str(e))))
+            break
         where = config.get("data_dir") or data_dir
         stage = current.manifest.get("stage")
         if stage == "finetune":
@@ -117,13 +121,13 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                 )
             )
         if stage == "align" or (stage == "finetune" and config.get("method") == "lisa"):
-            source, n = config["alignment_data"], config["alignment_samples"]
-            out.append(
-                (
-                    f"alignment rows of {current.path}",
-                    lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
-                )
+            source, n = config.get("alignment_data"), config.get("alignment_samples")
+            load = (
+                (lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n])
+                if source and n
+                else _unreadable("its config.yaml names no alignment_data / alignment_samples")
             )
+            out.append((f"alignment rows of {current.path}", load))
         if stage == "finetune" and METHODS.get(config.get("method", ""), METHODS["sft"]).needs_harmful:
             source, n = config["defense_harmful_data"], config["defense_harmful_samples"]
             out.append(
@@ -135,6 +139,13 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
         parent = current.manifest.get("parent")
         current = RunDir.open(parent) if parent and (Path(parent) / "manifest.json").is_file() else None
     return out
+
+
+def _unreadable(reason: str) -> Callable[[], list]:
+    def load() -> list:
+        raise SafeftError(reason)
+
+    return load
 
 
 def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool = False) -> RunDir:

@@ -157,14 +157,26 @@ class RunDir:
             write_json(self.manifest_path, self.manifest)
 
     def latest_checkpoint(self) -> str | None:
-        """The newest checkpoint whose trainer_state.json exists (Trainer writes it last)."""
+        """The newest complete checkpoint: one whose trainer_state.json (Trainer writes it last) parses.
+
+        Trainer writes that file in place, so a kill during the write leaves it empty or cut short;
+        such a checkpoint is passed over for the one before it (Trainer keeps two).
+        """
         ckpt_root = self.path / "checkpoints"
         if not ckpt_root.is_dir():
             return None
-        complete = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        complete = [p for p in ckpt_root.glob("checkpoint-*") if _complete_json(p / "trainer_state.json")]
         if not complete:
             return None
         return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def _complete_json(path: Path) -> bool:
+    try:
+        read_json(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> RunDir:
@@ -254,7 +266,12 @@ def _claim(path: Path, stage: str, config: Config, overwrite: bool) -> str:
     if not path.exists() or not any(path.iterdir()):
         return "new"
     manifest_file = path / "manifest.json"
-    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    try:
+        manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise SafeftError(
+            f"output {path}: its manifest.json cannot be read ({e}); pass another --output, or repair or remove the folder."
+        ) from None
     if not isinstance(manifest, dict) or "stage" not in manifest:
         raise SafeftError(
             f"output {path} is a folder that is not empty and was not made by safeft (no run manifest). "
