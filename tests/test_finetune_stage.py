@@ -136,3 +136,32 @@ def test_continue_mode_keeps_training_the_alignment_adapter(setup, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)  # every B trained on
     expected = _base_weight() + _lora_delta(run / "adapter", WEIGHT)
     torch.testing.assert_close(_evaluated_weight(run), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_panacea_fine_tunes_with_the_defense_harmful_rows_and_releases_the_perturbed_weights(setup, tmp_path):
+    data, align = setup
+    out = tmp_path / "panacea"
+    run_finetune(
+        FinetuneConfig.from_dict(
+            {
+                "output": str(out),
+                "from_run": str(align),
+                "method": "panacea",
+                "task": "sst2",
+                "task_data": data["sst2_train"],
+                "harmful_data": data["attack"],
+                "eval_prompts": data["eval_prompts"],
+                "defense_harmful_data": data["harmful_pool"],
+                "defense_harmful_samples": 8,
+                "samples": 20,
+                "poison_ratio": 0.2,
+                "max_length": 48,
+                "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.0, "progress": False},
+            }  # fmt: skip
+        )
+    )
+    logged = [h for h in read_json(out / "metrics.json")["log_history"] if "loss" in h]
+    assert all("panacea/harmful_loss" in h for h in logged)
+    # learning rate 0: the saved adapter is the fresh one (B = 0) plus ε, which moves every B
+    b = [v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert b and all(t.abs().max() > 0 for t in b)

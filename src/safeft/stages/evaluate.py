@@ -21,6 +21,7 @@ from safeft.evaluation.distributed import distributed_state
 from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
+from safeft.methods import METHODS
 from safeft.models import load_model, load_weights_chain
 from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
 
@@ -123,6 +124,14 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                     lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
                 )
             )
+        if stage == "finetune" and METHODS.get(config.get("method", ""), METHODS["sft"]).needs_harmful:
+            source, n = config["defense_harmful_data"], config["defense_harmful_samples"]
+            out.append(
+                (
+                    f"defense harmful rows of {current.path}",
+                    lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
+                )
+            )
         parent = current.manifest.get("parent")
         current = RunDir.open(parent) if parent and (Path(parent) / "manifest.json").is_file() else None
     return out
@@ -155,7 +164,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
     if not overwrite and out.is_done(config_fingerprint(cfg)):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
-    parent = RunDir.open(cfg.run, stages=("align", "finetune")) if cfg.run else None
+    parent = RunDir.open(cfg.run, stages=("align", "finetune", "repair")) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
     with stage_run(
