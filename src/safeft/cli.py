@@ -439,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Train the CPU judge's head on frozen MiniLM embeddings of the labelled QA pairs of the data folder "
-        "(split by prompt; threshold chosen on validation) and write the judge; prints its held-out metrics.",
+        description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (held out by "
+        "prompt) and write the compact judge; prints its held-out metrics.",
     )
     q.add_argument(
         "--output",
@@ -448,9 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
-    q.add_argument(
-        "--threads", type=int, default=2, help="torch threads (the result is reproducible for a given number)"
-    )
     q.set_defaults(func=cmd_judge_train)
     q = judge_sub.add_parser(
         "eval",

@@ -148,6 +148,24 @@ def _unreadable(reason: str) -> Callable[[], list]:
     return load
 
 
+def _harmless_requests(cfg: EvaluateConfig) -> tuple[list, str | None]:
+    """(harmless requests for the over-refusal rate, why none were loaded).
+
+    The default set lives in the data folder (`guard_prompts/`); without it the evaluation still runs,
+    says so in the log and in metrics.json (`over_refusal_skipped`). A set the user named must load.
+    """
+    if not cfg.harmless_limit:
+        return [], None
+    try:
+        rows = load_source(cfg.harmless_prompts, data_dir=cfg.data_dir)
+    except SafeftError as e:
+        if cfg.harmless_prompts != EvaluateConfig.harmless_prompts:
+            raise
+        log.warning("over-refusal not measured: %s", e)
+        return [], f"the default harmless requests are not available ({str(e)[:200]})"
+    return take(rows, cfg.harmless_limit, f"harmless requests from {cfg.harmless_prompts}"), None
+
+
 def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool = False) -> RunDir:
     """Evaluate a run's model (or a bare model) into `cfg.output`; `overwrite` replaces an evaluation there.
 
@@ -189,15 +207,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             if cfg.limit
             else []
         )
-        harmless = (
-            take(
-                load_source(cfg.harmless_prompts, data_dir=cfg.data_dir),
-                cfg.harmless_limit,
-                f"harmless requests from {cfg.harmless_prompts}",
-            )
-            if cfg.harmless_limit
-            else []
-        )
+        harmless, harmless_skipped = _harmless_requests(cfg)
         task_records = None
         if cfg.task:
             task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[
@@ -238,6 +248,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             metrics.update(
                 prompt_set=cfg.harmful_prompts,
                 harmless_set=cfg.harmless_prompts if harmless else None,
+                **({"over_refusal_skipped": harmless_skipped} if harmless_skipped else {}),
                 judge=judge.name,
                 judge_version=judge.version,
                 run=cfg.run,
