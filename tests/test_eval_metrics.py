@@ -160,3 +160,17 @@ def test_over_refusal_is_the_share_of_harmless_requests_refused(monkeypatch):
     low, high = metrics["over_refusal_ci95"]
     assert low < 33.33 < high
     assert [r["refusal"] for r in harmless_rows] == [True, False, False]
+
+
+def test_over_refusal_is_skipped_loudly_without_the_default_data_but_a_named_set_must_load(tmp_path):
+    from safeft.errors import SafeftError
+    from safeft.stages.evaluate import EvaluateConfig, _harmless_requests
+
+    rows, why = _harmless_requests(EvaluateConfig(output="o", model="m", data_dir=str(tmp_path)))
+    assert rows == [] and "not available" in why
+    with pytest.raises(SafeftError, match="no such file"):
+        _harmless_requests(EvaluateConfig(output="o", model="m", harmless_prompts=str(tmp_path / "h.jsonl")))
+    (tmp_path / "h.jsonl").write_text('{"prompt": "Name a fruit."}\n{"prompt": "Add 2 and 2."}\n')
+    cfg = EvaluateConfig(output="o", model="m", harmless_prompts=str(tmp_path / "h.jsonl"), harmless_limit=1)
+    rows, why = _harmless_requests(cfg)
+    assert [r.instruction for r in rows] == ["Name a fruit."] and why is None

@@ -102,6 +102,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from safeft.stages.repair import RepairConfig, run_repair
+
+    if args.num_processes > 1:
+        raise SafeftError(
+            "safeft repair runs in one process (a single pass over the adapter); drop --num-processes"
+        )
+    run = run_repair(_load_stage_config(RepairConfig, args), overwrite=args.overwrite)
+    print(f"repair run: {run.path}")
+    return 0
+
+
 def _print_judges_and_over_refusal(metrics: dict[str, Any]) -> None:
     """HS under every judge with its 95% interval and agreement, then the over-refusal rate."""
     for name, entry in metrics.get("judges", {}).items():
@@ -250,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     from safeft.stages.align import AlignConfig
     from safeft.stages.evaluate import EvaluateConfig
     from safeft.stages.finetune import FinetuneConfig
+    from safeft.stages.repair import RepairConfig
 
     parser = argparse.ArgumentParser(
         prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report."
@@ -300,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument(
         "--kind",
-        choices=("align", "finetune", "evaluate", "experiment"),
+        choices=("align", "finetune", "repair", "evaluate", "experiment"),
         help="what the file configures (default: inferred)",
     )
     p.set_defaults(func=cmd_validate)
@@ -319,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
         "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
     ).set_defaults(func=cmd_finetune)
+    _stage_parser(
+        sub,
+        "repair",
+        RepairConfig,
+        "post-fine-tuning stage: repair a fine-tuned LoRA adapter (SafeLoRA, Antidote)",
+        "Repair a fine-tuning run's LoRA adapter with SafeLoRA or Antidote and write a run directory that "
+        "'safeft evaluate --run' evaluates.",
+    ).set_defaults(func=cmd_repair)
     p = _stage_parser(
         sub,
         "evaluate",
@@ -343,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment grid (cached, resumable)",
-        description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.",
+        description="Expand an experiment file into align -> finetune -> repair -> evaluate stages, run what is not done, and write the report.",
     )
     p.add_argument("experiment", metavar="EXPERIMENT.yaml")
     p.add_argument(
@@ -418,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Train the CPU judge's head on frozen MiniLM embeddings of the labelled QA pairs of the data folder "
-        "(split by prompt; threshold chosen on validation) and write the judge; prints its held-out metrics.",
+        description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (held out by "
+        "prompt) and write the compact judge; prints its held-out metrics.",
     )
     q.add_argument(
         "--output",
@@ -427,9 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
-    q.add_argument(
-        "--threads", type=int, default=2, help="torch threads (the result is reproducible for a given number)"
-    )
     q.set_defaults(func=cmd_judge_train)
     q = judge_sub.add_parser(
         "eval",

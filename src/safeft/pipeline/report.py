@@ -134,9 +134,16 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
                 "attacked": True,
             }
         parent = manifest.get("parent")
+        if kind == "repair" and parent and str(Path(parent).resolve()) in info:
+            up = labels_of(str(Path(parent).resolve()))
+            return {
+                **up,
+                "method": f"{up['method']} + {manifest.get('method')}",
+                "repair": manifest.get("method"),
+            }
         if parent and str(Path(parent).resolve()) in info:
             up = labels_of(str(Path(parent).resolve()))
-            attacked = info[str(Path(parent).resolve())][0] == "finetune"
+            attacked = info[str(Path(parent).resolve())][0] in ("finetune", "repair")
             return {
                 **up,
                 "task": config.get("task") or up.get("task"),
@@ -155,7 +162,7 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
 
     runs = []
     for key, (kind, _, _, path) in info.items():
-        if kind in ("align", "finetune", "evaluate"):
+        if kind in ("align", "finetune", "repair", "evaluate"):
             runs.append(Run(str(path.relative_to(runs_dir)), kind, labels_of(key), _load_metrics(path)))
     return runs
 

@@ -21,6 +21,7 @@ from safeft.evaluation.distributed import distributed_state
 from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
+from safeft.methods import METHODS
 from safeft.models import load_model, load_weights_chain
 from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
 
@@ -127,6 +128,14 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                 else _unreadable("its config.yaml names no alignment_data / alignment_samples")
             )
             out.append((f"alignment rows of {current.path}", load))
+        if stage == "finetune" and METHODS.get(config.get("method", ""), METHODS["sft"]).needs_harmful:
+            source, n = config["defense_harmful_data"], config["defense_harmful_samples"]
+            out.append(
+                (
+                    f"defense harmful rows of {current.path}",
+                    lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
+                )
+            )
         parent = current.manifest.get("parent")
         current = RunDir.open(parent) if parent and (Path(parent) / "manifest.json").is_file() else None
     return out
@@ -139,6 +148,24 @@ def _unreadable(reason: str) -> Callable[[], list]:
     return load
 
 
+def _harmless_requests(cfg: EvaluateConfig) -> tuple[list, str | None]:
+    """(harmless requests for the over-refusal rate, why none were loaded).
+
+    The default set lives in the data folder (`guard_prompts/`); without it the evaluation still runs,
+    says so in the log and in metrics.json (`over_refusal_skipped`). A set the user named must load.
+    """
+    if not cfg.harmless_limit:
+        return [], None
+    try:
+        rows = load_source(cfg.harmless_prompts, data_dir=cfg.data_dir)
+    except SafeftError as e:
+        if cfg.harmless_prompts != EvaluateConfig.harmless_prompts:
+            raise
+        log.warning("over-refusal not measured: %s", e)
+        return [], f"the default harmless requests are not available ({str(e)[:200]})"
+    return take(rows, cfg.harmless_limit, f"harmless requests from {cfg.harmless_prompts}"), None
+
+
 def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool = False) -> RunDir:
     """Evaluate a run's model (or a bare model) into `cfg.output`; `overwrite` replaces an evaluation there.
 
@@ -148,7 +175,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
     if not overwrite and out.is_done(config_fingerprint(cfg)):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
-    parent = RunDir.open(cfg.run, stages=("align", "finetune")) if cfg.run else None
+    parent = RunDir.open(cfg.run, stages=("align", "finetune", "repair")) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
     with stage_run(
@@ -180,15 +207,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             if cfg.limit
             else []
         )
-        harmless = (
-            take(
-                load_source(cfg.harmless_prompts, data_dir=cfg.data_dir),
-                cfg.harmless_limit,
-                f"harmless requests from {cfg.harmless_prompts}",
-            )
-            if cfg.harmless_limit
-            else []
-        )
+        harmless, harmless_skipped = _harmless_requests(cfg)
         task_records = None
         if cfg.task:
             task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[
@@ -229,6 +248,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             metrics.update(
                 prompt_set=cfg.harmful_prompts,
                 harmless_set=cfg.harmless_prompts if harmless else None,
+                **({"over_refusal_skipped": harmless_skipped} if harmless_skipped else {}),
                 judge=judge.name,
                 judge_version=judge.version,
                 run=cfg.run,
