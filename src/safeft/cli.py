@@ -125,6 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         output=args.output,
         num_processes=args.num_processes,
+        jobs=args.jobs,
+        launcher=args.launcher,
+        launcher_settings={
+            key: getattr(args, key)
+            for key in ("partition", "gpus_per_stage", "cpus_per_stage", "time_min", "mem_gb")
+            if getattr(args, key) is not None
+        },
     )
 
 
@@ -292,6 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N independent stages at once, each in its own process on its own GPUs "
+        "(CUDA_VISIBLE_DEVICES) or share of the CPU threads; a failed stage skips only its descendants",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="run each stage as a submitit job: 'slurm' submits the whole grid (parents as afterok "
+        "dependencies), 'local' runs the jobs on this machine; resources from the file's launcher: section",
+    )
+    group = p.add_argument_group("job resources (--launcher; override the experiment's launcher: section)")
+    group.add_argument("--partition", help="Slurm partition")
+    group.add_argument("--gpus-per-stage", type=int, help="GPUs of each stage's job")
+    group.add_argument("--cpus-per-stage", type=int, help="CPU cores of each stage's job")
+    group.add_argument("--time-min", type=int, help="time limit of each stage's job, in minutes")
+    group.add_argument("--mem-gb", type=float, help="memory of each stage's job, in GB")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -229,3 +229,37 @@ class PeakMemory:
             "baseline_memory_mb": round(self.baseline_bytes / 2**20, 1),
             "memory_measure": self.kind,
         }
+
+
+# A stage's lock lives beside its run directory (not inside: a folder that bad input created is removed).
+LOCK_SUFFIX = ".lock"
+# The stale-lock rule: a holder on this host whose process is gone is stale at once (filelock checks
+# pid and process start); a holder elsewhere (another Slurm node) renews its lease every
+# LEASE_SECONDS / 3 and is stale once it has not done so for LEASE_SECONDS (its node died or hangs).
+LEASE_SECONDS = 120.0
+
+
+def stage_lock_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def stage_lock(path: str | Path, poll_seconds: float = 2.0) -> Iterator[None]:
+    """Hold the lock of the stage whose run directory is `path`: one process at a time runs a stage.
+
+    A marker file (filelock's SoftFileLease) rather than flock: it works on network file systems,
+    where the runs folder of a cluster lives. Waits while another process holds it.
+    """
+    from filelock import SoftFileLease, Timeout
+
+    lock = SoftFileLease(stage_lock_path(path), lease_duration=LEASE_SECONDS)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        log.info("%s: another process runs this stage; waiting for it", path)
+        lock.acquire(timeout=-1, poll_interval=poll_seconds)
+    try:
+        yield
+    finally:
+        lock.release()
