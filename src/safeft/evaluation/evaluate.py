@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from safeft.data.records import Record
@@ -36,13 +36,32 @@ def question_text(record: Record) -> str:
     return f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
 
 
+# An engine that answers prompts by itself (vLLM): (prompts, max_new_tokens) -> answers in order.
+Generator = Callable[[Sequence[str], int], list[str]]
+
+
 def _generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+    engine: str,
+    generator: Generator | None,
 ) -> list[str]:
+    if generator is not None:  # it spreads the work over its GPUs itself
+        return generator(prompts, max_new_tokens)
     return split_and_gather(
         prompts,
         lambda part: generate_answers(
-            model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+            model,
+            tokenizer,
+            part,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
         ),
     )
 
@@ -60,6 +79,8 @@ def evaluate_model(
     batch_size: int = 16,
     template: str = "alpaca",
     progress: bool = True,
+    engine: str = "loop",
+    generator: Generator | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(metrics, harmful per-sample rows, task per-sample rows).
 
@@ -76,7 +97,9 @@ def evaluate_model(
     if harmful_prompts:
         prompts = [format_prompt(r, template, chat_tok) for r in harmful_prompts]
         t0 = time.perf_counter()
-        answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        answers = _generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, progress, engine, generator
+        )
         t1 = time.perf_counter()
         questions = [question_text(r) for r in harmful_prompts]
         pairs = list(zip(questions, answers, strict=True))
@@ -126,7 +149,14 @@ def evaluate_model(
         prompts = [format_prompt(r, template, chat_tok) for r in task_records]
         t0 = time.perf_counter()
         answers = _generate(
-            model, tokenizer, prompts, task_max_new_tokens or max_new_tokens, batch_size, progress
+            model,
+            tokenizer,
+            prompts,
+            task_max_new_tokens or max_new_tokens,
+            batch_size,
+            progress,
+            engine,
+            generator,
         )
         t1 = time.perf_counter()
         strict = [task.score_strict(a, r) for a, r in zip(answers, task_records, strict=True)]

@@ -40,6 +40,9 @@ from safeft.io import read_json, write_json
 
 log = logging.getLogger("safeft")
 
+# Generation engines that give transformers' exact greedy answers (tests/test_generate.py).
+EXACT_ENGINES = ("loop", "hf")
+
 PACKAGES = ("safeft", "torch", "transformers", "peft", "accelerate", "datasets")
 
 
@@ -67,6 +70,10 @@ def git_revision() -> str | None:
 def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) -> str:
     """A hash of what determines a stage's result (the output folder itself does not)."""
     data = {k: v for k, v in config.to_dict().items() if k not in ignore}
+    if data.get("engine") in EXACT_ENGINES:
+        del data[
+            "engine"
+        ]  # how the answers are computed, not which: evaluations made before it existed stay cached
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
