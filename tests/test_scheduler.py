@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
 
+from safeft.pipeline import experiment as ex
 from safeft.pipeline import scheduler as sch
 from test_experiment import build
 
@@ -119,3 +121,67 @@ def test_cached_stages_are_not_started_and_their_measured_times_give_an_eta(tmp_
     grid.loop()
     assert not any(sid.startswith("align/") for sid in launcher.started)
     assert grid.durations["align"] == [30.0, 30.0, 30.0, 30.0]
+
+
+FAKE_SBATCH = """#!/bin/bash
+# sbatch stand-in: answers with an increasing job id
+n=$(( $(cat "$(dirname "$0")/counter" 2>/dev/null || echo 100) + 1 )); echo $n > "$(dirname "$0")/counter"
+echo "Submitted batch job $n"
+"""
+
+
+def test_slurm_gets_every_stage_at_once_with_its_parents_as_afterok_and_the_file_s_resources(
+    tmp_path, monkeypatch
+):
+    """Real submitit with `sbatch`/`srun` stand-ins on PATH: the sbatch scripts it writes are checked."""
+    from test_experiment import experiment_dict
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "srun").write_text("#!/bin/bash\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    exp = ex.ExperimentConfig.from_dict(
+        {
+            **experiment_dict(tmp_path, methods=["sft"], seeds=[1], poison_ratios=[0.1]),
+            "launcher": {
+                "partition": "gpu",
+                "gpus_per_stage": 1,
+                "time_min": 90,
+                "mem_gb": 32,
+                "slurm_extra": {"account": "lab"},
+            },
+        }  # fmt: skip
+    )
+    assert exp.launcher == ex.LauncherSettings("gpu", 1, None, 90, 32, {"account": "lab"})
+    stages = ex.plan(ex.expand(exp))
+    launcher = sch.SubmititLauncher("slurm", ex.write_index(exp, stages), exp.launcher, num_processes=1)
+    grid = sch.GridRun(stages, launcher, [None])
+    grid.start_ready()
+    assert set(grid.state.values()) == {"running"}  # all submitted in one pass, children included
+    job_id = {sid: handle.job.job_id for sid, handle in grid.handles.items()}
+    for st in stages:
+        script = (st.path / "submitit" / f"{job_id[st.id]}_submission.sh").read_text()
+        for line in ("--partition=gpu", "--gpus-per-node=1", "--time=90", "--mem=32GB", "--account=lab"):
+            assert f"#SBATCH {line}\n" in script, (st.id, line)
+        assert f"#SBATCH --output={st.path / 'submitit'}/%j_0_log.out\n" in script  # logs in the run dir
+        if st.depends_on:
+            parents = ":".join(job_id[d] for d in st.depends_on)
+            assert f"#SBATCH --dependency=afterok:{parents}\n" in script
+        else:
+            assert "--dependency" not in script
+
+
+def test_launcher_section_is_validated_like_the_rest_of_the_file(tmp_path):
+    from safeft.errors import ConfigError
+    from safeft.pipeline.experiment import ExperimentConfig
+    from test_experiment import experiment_dict
+
+    with pytest.raises(ConfigError) as e:
+        ExperimentConfig.from_dict(
+            {**experiment_dict(tmp_path), "launcher": {"gpus_per_stage": -1, "partiton": "gpu"}}
+        )
+    text = str(e.value)
+    assert "launcher.gpus_per_stage" in text and "did you mean 'launcher.partition'" in text

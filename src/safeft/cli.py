@@ -190,7 +190,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quickstart=args.quickstart,
         reps=args.reps,
         seq_len=args.seq_len,
-        precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+        precisions=(
+            ()
+            if args.precisions == "none"
+            else tuple(args.precisions.split(","))
+            if args.precisions
+            else None
+        ),
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
@@ -399,7 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reps", type=int, default=None, help="timed rounds per precision (default 3; smoke 2)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 64; smoke 16)")
-    p.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16 (default both; smoke fp32)")
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated: fp32,bf16 (default both; smoke fp32); 'none': no training benchmark (evaluation only)",
+    )
     p.add_argument(
         "--methods", default=None, help="comma-separated method names (default all; must include sft)"
     )

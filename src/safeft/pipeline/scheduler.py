@@ -232,14 +232,13 @@ class SubmititLauncher:
     def __post_init__(self) -> None:
         self.submits_ahead = self.cluster == "slurm"
 
-    def executor(self, folder: Path, slot: Slot | None, parents: list[Handle]) -> Any:
+    def executor(self, stage: Stage, slot: Slot | None, parents: list[Handle]) -> Any:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=stage.path / "submitit", cluster=self.cluster)
         s = self.settings
-        params: dict[str, Any] = {"timeout_min": s.time_min, "name": "safeft"}
+        params: dict[str, Any] = {"timeout_min": s.time_min, "name": f"safeft-{stage.kind}-{stage.path.name}"}
         if self.cluster == "slurm":
-            gpus = s.gpus_per_stage
             extra = dict(s.slurm_extra)
             parent_ids = [h.job.job_id for h in parents if isinstance(h, SubmititHandle)]
             if parent_ids:
@@ -248,11 +247,10 @@ class SubmititLauncher:
             params.update(
                 slurm_partition=s.partition,
                 slurm_additional_parameters=extra,
-                slurm_mem_gb=s.mem_gb,
-                slurm_cpus_per_task=s.cpus_per_stage,
+                mem_gb=s.mem_gb,
+                cpus_per_task=s.cpus_per_stage,
+                gpus_per_node=s.gpus_per_stage or None,
             )
-            if gpus:
-                params["slurm_gpus_per_node"] = gpus
         elif slot is not None and slot.gpus:
             params.update(gpus_per_node=len(slot.gpus), visible_gpus=tuple(int(g) for g in slot.gpus))
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -260,7 +258,7 @@ class SubmititLauncher:
 
     def start(self, stage: Stage, slot: Slot | None, parents: list[Handle]) -> Handle:
         threads = slot.threads if slot else (self.settings.cpus_per_stage or 1)
-        executor = self.executor(stage.path / "submitit", slot, parents)
+        executor = self.executor(stage, slot, parents)
         job = executor.submit(
             StageJob(str(self.index_path), stage.id, threads, self.num_processes, os.getcwd())
         )
