@@ -201,6 +201,22 @@ class ExperimentConfig(Config):
     grid: Grid = field(default_factory=Grid)
     launcher: LauncherSettings = field(default_factory=LauncherSettings)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        # An explicitly empty grid is a forgotten one, not a request for the default axes.
+        problems = []
+        if isinstance(data, dict) and "grid" in data and not data["grid"]:
+            problems.append(
+                f"grid: got {data['grid']!r}, expected the axes of the experiment (at least methods)"
+            )
+        try:
+            exp = super().from_dict(data, source)
+        except ConfigError as e:
+            raise ConfigError(problems + e.problems, source) from None
+        if problems:
+            raise ConfigError(problems, source)
+        return exp
+
     def check(self) -> list[str]:
         if not self.name:
             return ["name: required (a short name for the experiment, e.g. booster_cpu_repro)"]
@@ -501,30 +517,42 @@ def write_index(exp: ExperimentConfig, stages: list[Stage]) -> Path:
     return path
 
 
-def run_stage(stage: Stage, num_processes: int = 1) -> bool:
+def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> bool:
     """Run one stage unless it is done: in this process, or on `num_processes` processes launched with torchrun.
 
-    Holds the stage's lock meanwhile, so that two `safeft run` processes (or Slurm jobs) sharing a
-    runs folder never run the same stage: the second waits, then finds it done. Returns whether it ran.
+    `strict`: evaluations refuse to score rows their model was trained on. A stage whose run folder
+    another process holds (a second `safeft run` or a Slurm job sharing the runs folder: the folder's
+    `run_lock`) is waited for, then found done instead of run again. Returns whether it ran here.
     """
-    from safeft.stages.runs import RunDir, config_fingerprint, stage_lock
+    from safeft.stages.runs import RunDir, RunInUse, config_fingerprint, wait_for_run_lock
 
-    with stage_lock(stage.path):
+    while True:
+        wait_for_run_lock(stage.path)
         if RunDir(stage.path).is_done(config_fingerprint(stage.config)):
             log.info("%s: done by another process meanwhile", stage.id)
             return False
-        _run_stage_unlocked(stage, num_processes)
-        return True
+        try:
+            _run_stage_here(stage, num_processes, strict)
+            return True
+        except RunInUse:  # another process claimed it between the wait and the claim: wait for it
+            continue
 
 
-def _run_stage_unlocked(stage: Stage, num_processes: int) -> None:
+def _run_stage_here(stage: Stage, num_processes: int, strict: bool) -> None:
     if num_processes > 1:
         from safeft.launch import launch
 
-        # The launched processes read the resolved config from the run directory (the stage rewrites the same file).
-        config_path = stage.path / "config.yaml"
+        # The launched processes read the resolved config from a file beside the run directory (the
+        # folder itself is the stage's to claim).
+        config_path = stage.path.parent / f".{stage.path.name}.config.yaml"
         stage.config.save(config_path)
-        code = launch([stage.kind, "--config", str(config_path)], num_processes)
+        argv = [stage.kind, "--config", str(config_path)]
+        if strict and stage.kind == "evaluate":
+            argv.append("--strict")
+        try:
+            code = launch(argv, num_processes)
+        finally:
+            config_path.unlink(missing_ok=True)
         if code != 0:
             raise SafeftError(
                 f"stage {stage.id} failed with exit code {code}; see {stage.path / 'log.txt'}. Rerun the same command to resume it."
@@ -541,7 +569,7 @@ def _run_stage_unlocked(stage: Stage, num_processes: int) -> None:
     else:
         from safeft.stages.evaluate import run_evaluate
 
-        run_evaluate(stage.config)  # type: ignore[arg-type]
+        run_evaluate(stage.config, strict=strict)  # type: ignore[arg-type]
 
 
 def execute(
@@ -549,6 +577,7 @@ def execute(
     *,
     dry_run: bool = False,
     num_processes: int = 1,
+    strict: bool = False,
     jobs: int = 1,
     launcher: str | None = None,
 ) -> int:
@@ -568,7 +597,13 @@ def execute(
         from safeft.pipeline.scheduler import run_grid
 
         code = run_grid(
-            stages, index, jobs=jobs, launcher=launcher, settings=exp.launcher, num_processes=num_processes
+            stages,
+            index,
+            jobs=jobs,
+            launcher=launcher,
+            settings=exp.launcher,
+            num_processes=num_processes,
+            strict=strict,
         )
         if code != 0:
             _report_so_far(exp)
@@ -593,7 +628,7 @@ def execute(
         log.info("stage %d/%d: %s (%s)", i, total, st.id, _status(st))
         t0 = time.perf_counter()
         try:
-            ran = run_stage(st, num_processes)
+            ran = run_stage(st, num_processes, strict)
         except SafeftError:
             _report_so_far(exp)
             raise
@@ -625,6 +660,7 @@ def run_experiment(
     data_dir: str | None = None,
     output: str | None = None,
     num_processes: int = 1,
+    strict: bool = False,
     jobs: int = 1,
     launcher: str | None = None,
     launcher_settings: dict[str, Any] | None = None,
@@ -643,6 +679,7 @@ def run_experiment(
         load_experiment(path, overrides),
         dry_run=dry_run,
         num_processes=num_processes,
+        strict=strict,
         jobs=jobs,
         launcher=launcher,
     )

@@ -4,7 +4,7 @@ A stage starts once its parents are done, in its own process, on its own device 
 `CUDA_VISIBLE_DEVICES` on a GPU machine, an even share of the CPU threads otherwise. The process
 re-expands the experiment from the runs folder's `experiment.json` and runs the stage by id (so
 every launcher runs exactly what the sequential run would), holding the stage's lock
-(`safeft.stages.runs.stage_lock`). A failed stage does not stop the others; its descendants are
+(`safeft.stages.runs.run_lock`, waited for). A failed stage does not stop the others; its descendants are
 skipped. One progress line per change: running, done, cached, failed, and an ETA from measured stage
 times (those of this run and the `wall_time_s` of finished stages in the runs folder).
 
@@ -91,20 +91,24 @@ def stage_from_index(index_path: str | Path, stage_id: str) -> Stage:
     return stages[stage_id]
 
 
-def run_indexed_stage(index_path: str, stage_id: str, threads: int, num_processes: int = 1) -> bool:
+def run_indexed_stage(
+    index_path: str, stage_id: str, threads: int, num_processes: int = 1, strict: bool = False
+) -> bool:
     """Run one stage of a recorded experiment with `threads` CPU threads; returns whether it ran."""
     import torch
 
     torch.set_num_threads(threads)
-    return run_stage(stage_from_index(index_path, stage_id), num_processes)
+    return run_stage(stage_from_index(index_path, stage_id), num_processes, strict)
 
 
 class StageJob:
     """The callable a submitit job runs; on pre-emption or time-out it is resubmitted as is, and the
     stage resumes from its newest checkpoint."""
 
-    def __init__(self, index_path: str, stage_id: str, threads: int, num_processes: int, cwd: str):
-        self.args = (index_path, stage_id, threads, num_processes)
+    def __init__(
+        self, index_path: str, stage_id: str, threads: int, num_processes: int, strict: bool, cwd: str
+    ):
+        self.args = (index_path, stage_id, threads, num_processes, strict)
         self.cwd = cwd  # the stage paths are relative to where `safeft run` was started
 
     def __call__(self) -> bool:
@@ -125,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage_id")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        run_indexed_stage(args.index, args.stage_id, args.threads, args.num_processes)
+        run_indexed_stage(args.index, args.stage_id, args.threads, args.num_processes, args.strict)
     except SafeftError as e:
         print(f"safeft: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -194,6 +199,7 @@ class SubprocessLauncher:
 
     index_path: Path
     num_processes: int
+    strict: bool = False
     concurrency: int | None = 1
     submits_ahead: bool = False
 
@@ -209,6 +215,7 @@ class SubprocessLauncher:
             stage.id,
             f"--threads={slot.threads}",
             f"--num-processes={self.num_processes}",
+            *(["--strict"] if self.strict else []),
         ]
         with open(log_path, "ab") as output:
             process = subprocess.Popen(
@@ -225,6 +232,7 @@ class SubmititLauncher:
     index_path: Path
     settings: LauncherSettings
     num_processes: int
+    strict: bool = False
     concurrency: int | None = None
     submits_ahead: bool = False
     _jobs: dict[int, Any] = field(default_factory=dict)
@@ -260,7 +268,7 @@ class SubmititLauncher:
         threads = slot.threads if slot else (self.settings.cpus_per_stage or 1)
         executor = self.executor(stage, slot, parents)
         job = executor.submit(
-            StageJob(str(self.index_path), stage.id, threads, self.num_processes, os.getcwd())
+            StageJob(str(self.index_path), stage.id, threads, self.num_processes, self.strict, os.getcwd())
         )
         return SubmititHandle(job)
 
@@ -425,6 +433,7 @@ def run_grid(
     launcher: str | None = None,
     settings: LauncherSettings | None = None,
     num_processes: int = 1,
+    strict: bool = False,
 ) -> int:
     """Run the stages that are not cached, `jobs` at a time (or as Slurm allows); returns the exit code."""
     if jobs < 1:
@@ -436,13 +445,13 @@ def run_grid(
     chosen: Launcher
     if launcher == "slurm":
         slots = [None]  # the cluster places each job
-        chosen = SubmititLauncher("slurm", index_path, settings, num_processes)
+        chosen = SubmititLauncher("slurm", index_path, settings, num_processes, strict)
     else:
         slots = list(device_slots(jobs))
         if launcher == "local":
-            chosen = SubmititLauncher("local", index_path, settings, num_processes, concurrency=jobs)
+            chosen = SubmititLauncher("local", index_path, settings, num_processes, strict, concurrency=jobs)
         else:
-            chosen = SubprocessLauncher(index_path, num_processes, concurrency=jobs)
+            chosen = SubprocessLauncher(index_path, num_processes, strict, concurrency=jobs)
     grid = GridRun(stages, chosen, slots)
     start = time.perf_counter()
     grid.loop()

@@ -25,6 +25,7 @@ from safeft.stages.training import (
     TrainSettings,
     remove_checkpoints,
     save_weights,
+    seed_everything,
     train_resumably,
     training_arguments,
 )
@@ -99,7 +100,7 @@ def resolve_parent(cfg: FinetuneConfig) -> tuple[str, list[dict[str, str]], str,
     """(base model, weights chain, adapter mode, parent manifest) of what the attack starts from."""
     if cfg.model:
         return cfg.model, [], "new", None
-    parent = RunDir.open(cfg.from_run)  # type: ignore[arg-type]
+    parent = RunDir.open(cfg.from_run, stages=("align", "finetune"))  # type: ignore[arg-type]
     if parent.manifest.get("status") != "done":
         raise SafeftError(
             f"alignment run {parent.path} is not finished (status {parent.manifest.get('status')!r}); rerun 'safeft align' on it first"
@@ -122,10 +123,11 @@ def _alignment_harmful_pool(parent: RunDir | None, data_dir: str | None) -> list
     return load_source(align_cfg["harmful_data"], data_dir=data_dir)[: align_cfg["harmful_samples"]]
 
 
-def run_finetune(cfg: FinetuneConfig) -> RunDir:
+def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
+    """Fine-tune (attack) into the run folder `cfg.output`; `overwrite` replaces a run already there."""
     spec = get_method(cfg.method)
     run = RunDir(Path(cfg.output))
-    if run.is_done(config_fingerprint(cfg)):
+    if not overwrite and run.is_done(config_fingerprint(cfg)):
         log.info("fine-tuning run %s is already done; reusing it", run.path)
         return RunDir.open(run.path)
     base, chain, mode, parent = resolve_parent(cfg)
@@ -137,13 +139,17 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         cfg.output,
         "finetune",
         cfg,
+        overwrite=overwrite,
         method=cfg.method,
         base_model=base,
         parent=str(Path(cfg.from_run).resolve()) if cfg.from_run else None,
         adapter_mode=mode,
         alignment_method=parent.manifest.get("method") if parent else None,
     ) as run:
+        if run.reused:
+            return run
         t0 = time.perf_counter()
+        seed_everything(cfg.train.seed)  # before the model and its adapter are built
         task = get_task(cfg.task)
         benign = task.load_train(cfg.task_data, data_dir=cfg.data_dir)
         harmful = with_responses(
@@ -202,7 +208,7 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
             stats = train_resumably(trainer, run, history)
         if trainer.is_world_process_zero():
             weights = save_weights(trainer.model, run)
-            new_entry = {"kind": weights, "path": str((run.path / weights).resolve())}
+            new_entry = {"kind": weights, "path": str(run.final(weights))}
             full_chain = (chain[:-1] if mode == "continue" else chain) + [new_entry]
             metrics = {
                 "stage": "finetune",

@@ -39,6 +39,29 @@ class TrainSettings(Config):
     save_steps: int = option(50, "write a resumable checkpoint every N steps", range=(1, None))
     progress: bool = option(True, "show a progress bar with ETA")
 
+    def check(self) -> list[str]:
+        problems = []
+        if self.learning_rate == 0:
+            problems.append("learning_rate: got 0, expected a positive rate (0 trains nothing)")
+        if self.max_steps == 0:
+            problems.append("max_steps: got 0, expected -1 (run all epochs) or at least 1 step")
+        if self.max_steps == -1 and self.epochs == 0:
+            problems.append("epochs: got 0 with max_steps -1, expected a positive number of passes")
+        return problems
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch before a stage builds anything.
+
+    Trainer seeds only in its constructor, after the model and the LoRA adapter exist; the adapter's
+    initialisation (and anything else drawn before) would otherwise depend on whatever ran earlier in
+    the process. Called first thing in every training stage, so a stage's result is a function of
+    its config alone, whichever other stages ran (or were cached) before it in the same process.
+    """
+    from transformers import set_seed
+
+    set_seed(seed)
+
 
 def training_arguments(settings: TrainSettings, run: RunDir, **extra: Any) -> TrainingArguments:
     scheduler = settings.scheduler
@@ -167,9 +190,17 @@ def save_weights(model: Any, run: RunDir) -> str:
     """Adapter in PEFT format (`adapter/`) or full weights as safetensors (`model/`); returns the folder name."""
     from peft import PeftModel
 
-    from safeft.io import atomic_dir
+    from safeft.io import atomic_dir, read_json, write_json
 
     name = "adapter" if isinstance(model, PeftModel) else "model"
     with atomic_dir(Path(run.path) / name) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        config_file = tmp / "adapter_config.json"
+        if config_file.is_file():
+            # PEFT writes target_modules from a set, in string-hash order (it changes from process to
+            # process): sorted, the same adapter is the same bytes.
+            config = read_json(config_file)
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
+            write_json(config_file, config)
     return name
