@@ -163,10 +163,12 @@ def test_slurm_gets_every_stage_at_once_with_its_parents_as_afterok_and_the_file
     assert set(grid.state.values()) == {"running"}  # all submitted in one pass, children included
     job_id = {sid: handle.job.job_id for sid, handle in grid.handles.items()}
     for st in stages:
-        script = (st.path / "submitit" / f"{job_id[st.id]}_submission.sh").read_text()
+        logs = tmp_path / "runs" / "logs" / st.id  # beside the run dir, which the stage claims
+        script = (logs / f"{job_id[st.id]}_submission.sh").read_text()
         for line in ("--partition=gpu", "--gpus-per-node=1", "--time=90", "--mem=32GB", "--account=lab"):
             assert f"#SBATCH {line}\n" in script, (st.id, line)
-        assert f"#SBATCH --output={st.path / 'submitit'}/%j_0_log.out\n" in script  # logs in the run dir
+        assert f"#SBATCH --output={logs}/%j_0_log.out\n" in script
+        assert not st.path.exists()  # the run dir is left to the stage
         if st.depends_on:
             parents = ":".join(job_id[d] for d in st.depends_on)
             assert f"#SBATCH --dependency=afterok:{parents}\n" in script

@@ -146,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ----- launchers (the parent's side) ------------------------------------------------------------
+def job_log_dir(index_path: Path, stage: Stage) -> Path:
+    """Where a stage's job writes its output: `<runs>/logs/<stage id>`. Not inside the run directory,
+    which is the stage's own to claim (safeft writes only into empty folders and its own runs)."""
+    return index_path.parent / "logs" / stage.id
+
+
 class Handle(Protocol):
     def poll(self) -> str | None:
         """None while running; then "" on success or what went wrong."""
@@ -205,7 +211,7 @@ class SubprocessLauncher:
 
     def start(self, stage: Stage, slot: Slot | None, parents: list[Handle]) -> Handle:
         assert slot is not None
-        log_path = self.index_path.parent / "logs" / f"{stage.id}.txt"
+        log_path = job_log_dir(self.index_path, stage).with_suffix(".txt")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -226,7 +232,7 @@ class SubprocessLauncher:
 
 @dataclass
 class SubmititLauncher:
-    """`--launcher local|slurm`: each stage a submitit job; its logs in `<run dir>/submitit/`."""
+    """`--launcher local|slurm`: each stage a submitit job; its logs in `<runs>/logs/<stage id>/`."""
 
     cluster: str
     index_path: Path
@@ -243,7 +249,7 @@ class SubmititLauncher:
     def executor(self, stage: Stage, slot: Slot | None, parents: list[Handle]) -> Any:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=stage.path / "submitit", cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=job_log_dir(self.index_path, stage), cluster=self.cluster)
         s = self.settings
         params: dict[str, Any] = {"timeout_min": s.time_min, "name": f"safeft-{stage.kind}-{stage.path.name}"}
         if self.cluster == "slurm":
