@@ -20,17 +20,29 @@ from safeft.methods.vaccine import VaccineConfig
 
 
 def test_registry_names_stages_and_adapter_modes():
-    assert set(METHODS) == {"sft", "vaccine", "tvaccine", "booster", "booster-vaccine", "repnoise", "lisa"}
+    assert set(METHODS) == {
+        "sft",
+        "vaccine",
+        "tvaccine",
+        "booster",
+        "booster-vaccine",
+        "repnoise",
+        "lisa",
+        "panacea",
+        "tar",
+    }
     assert {n for n, s in METHODS.items() if s.finetune_adapter == "continue"} == {
         "booster",
         "booster-vaccine",
     }
-    assert {n for n, s in METHODS.items() if s.stage == "finetune"} == {"lisa"}
+    assert {n for n, s in METHODS.items() if s.stage == "finetune"} == {"lisa", "panacea"}
     assert {n for n, s in METHODS.items() if s.needs_harmful} == {
         "tvaccine",
         "booster",
         "booster-vaccine",
         "repnoise",
+        "panacea",
+        "tar",
     }
     assert METHODS["lisa"].needs_alignment
 

@@ -29,9 +29,11 @@ STEPS = 8
 METHOD_OPTIONS = {
     "booster": {"harmful_batch_size": 3},
     "booster-vaccine": {"harmful_batch_size": 3},
-    "repnoise": {"harmful_batch_size": 3, "mmd_max_tokens": 16},
+    "repnoise": {"harmful_batch_size": 3},
     "tvaccine": {"probability_steps": 3, "resample_steps": 2, "sampled_blocks": 2, "probe_batch_size": 3},
     "lisa": {"finetune_steps": 2, "alignment_steps": 1, "proximal_warmup_ratio": 0.0},
+    "panacea": {"harmful_batch_size": 3},
+    "tar": {"inner_steps": 2, "tamper_every": 1, "adversary_batch_size": 3, "heldout_batch_size": 3},
 }
 
 
@@ -73,6 +75,8 @@ def stage_config(data: dict[str, str], method: str) -> tuple[str, dict]:
         "poison_ratio": 0.2,
         "alignment_data": data["refusals"],
         "alignment_samples": 24,
+        "defense_harmful_data": data["harmful_pool"],
+        "defense_harmful_samples": 8,
         "train": {**train, "warmup_ratio": 0.0},
     }
 

@@ -118,6 +118,7 @@ def test_evaluate_stage_with_engine_vllm_scores_the_engine_s_answers(tmp_path, f
         judge="keyword",
         harmful_prompts=data["eval_prompts"],
         limit=3,
+        harmless_limit=0,
         engine="vllm",
     )
     run = run_evaluate(cfg)

@@ -102,10 +102,48 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from safeft.stages.repair import RepairConfig, run_repair
+
+    if args.num_processes > 1:
+        raise SafeftError(
+            "safeft repair runs in one process (a single pass over the adapter); drop --num-processes"
+        )
+    run = run_repair(_load_stage_config(RepairConfig, args), overwrite=args.overwrite)
+    print(f"repair run: {run.path}")
+    return 0
+
+
+def _print_judges_and_over_refusal(metrics: dict[str, Any]) -> None:
+    """HS under every judge with its 95% interval and agreement, then the over-refusal rate."""
+    for name, entry in metrics.get("judges", {}).items():
+        agreement = metrics.get("judge_agreement", {}).get(name)
+        extra = (
+            f"  agreement with {metrics['judge']} {agreement['agreement']}% (κ {agreement['kappa']})"
+            if agreement
+            else ""
+        )
+        print(f"HS ({name}) {entry['hs']:.2f}% [95% CI {entry['hs_ci95'][0]}, {entry['hs_ci95'][1]}]{extra}")
+    if "over_refusal_rate" in metrics:
+        low, high = metrics["over_refusal_ci95"]
+        print(
+            f"over-refusal {metrics['over_refusal_rate']:.2f}% [95% CI {low}, {high}] of {metrics['n_harmless']} harmless requests"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.io import read_json
-    from safeft.stages.evaluate import EvaluateConfig, run_evaluate
+    from safeft.stages.evaluate import EvaluateConfig, rejudge, run_evaluate
 
+    if args.rejudge:
+        judge = getattr(args, "cfg:judge", None)
+        if not judge:
+            raise SafeftError(
+                "--rejudge EVAL_DIR needs --judge NAME: the judge to score the saved answers with"
+            )
+        _print_judges_and_over_refusal(rejudge(args.rejudge, judge))
+        print(f"evaluation: {args.rejudge}")
+        return 0
     run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite, strict=args.strict)
     metrics = read_json(run.path / "metrics.json")
     keys = (
@@ -118,6 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "n_task",
     )
     print("  ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
+    _print_judges_and_over_refusal(metrics)
     print(f"evaluation: {run.path}")
     return 0
 
@@ -152,7 +191,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from safeft.pipeline.paired import SAMPLES_FILE, compare
+    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of
     from safeft.pipeline.report import markdown_table, paired_count_cells
 
     reference = Path(args.reference)
@@ -166,8 +205,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 + (f"missing {', '.join(missing)}" if missing else "they share no prompt")
                 + " (give evaluation run directories)"
             )
-        rows.append([str(run), *paired_count_cells(counts)])
-    header = ["evaluation", "prompts", "HS", "reference HS", "flagged only here", "only for reference", "p"]
+        # every judge both evaluations saved (older evaluations: their own judge only)
+        shared = [j for j in judges_of(run) if j in judges_of(reference)]
+        for judge, judged in (
+            [(None, counts)] if not shared else [(j, compare(run, reference, j)) for j in shared]
+        ):
+            assert judged is not None
+            cells = paired_count_cells(judged)
+            cells[1] += f" [{judged['hs_ci95'][0]:.1f}, {judged['hs_ci95'][1]:.1f}]"
+            cells[2] += f" [{judged['reference_hs_ci95'][0]:.1f}, {judged['reference_hs_ci95'][1]:.1f}]"
+            rows.append([str(run), judge or "(its own)", *cells])
+    header = [
+        "evaluation",
+        "judge",
+        "prompts",
+        "HS [95% CI]",
+        "reference HS [95% CI]",
+        "flagged only here",
+        "only for reference",
+        "p",
+    ]
     print(f"reference: {reference}\n\n" + markdown_table(header, rows))
     return 0
 
@@ -179,11 +236,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
-    from safeft.evaluation.cpu_judge import train_cpu_judge
+    from safeft.evaluation.cpu_judge import judge_train_main
 
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir)
-    print(metrics)
-    return 0
+    return judge_train_main(args)
+
+
+def cmd_judge_eval(args: argparse.Namespace) -> int:
+    from safeft.evaluation.judge_eval import judge_eval_main
+
+    return judge_eval_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -214,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     from safeft.stages.align import AlignConfig
     from safeft.stages.evaluate import EvaluateConfig
     from safeft.stages.finetune import FinetuneConfig
+    from safeft.stages.repair import RepairConfig
 
     parser = argparse.ArgumentParser(
         prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report."
@@ -264,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument(
         "--kind",
-        choices=("align", "finetune", "evaluate", "experiment"),
+        choices=("align", "finetune", "repair", "evaluate", "experiment"),
         help="what the file configures (default: inferred)",
     )
     p.set_defaults(func=cmd_validate)
@@ -283,12 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
         "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
     ).set_defaults(func=cmd_finetune)
+    _stage_parser(
+        sub,
+        "repair",
+        RepairConfig,
+        "post-fine-tuning stage: repair a fine-tuned LoRA adapter (SafeLoRA, Antidote)",
+        "Repair a fine-tuning run's LoRA adapter with SafeLoRA or Antidote and write a run directory that "
+        "'safeft evaluate --run' evaluates.",
+    ).set_defaults(func=cmd_repair)
     p = _stage_parser(
         sub,
         "evaluate",
         EvaluateConfig,
         "harmful score and task accuracy of a run or model",
-        "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.",
+        "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL. "
+        "With --rejudge EVAL_DIR --judge NAME: score the saved answers of an evaluation with another judge instead (nothing is generated).",
+    )
+    p.add_argument(
+        "--rejudge",
+        metavar="EVAL_DIR",
+        help="score the saved answers of this evaluation with --judge NAME and add its HS to the evaluation's files (no generation; other options are ignored)",
     )
     p.add_argument(
         "--strict",
@@ -301,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment grid (cached, resumable)",
-        description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.",
+        description="Expand an experiment file into align -> finetune -> repair -> evaluate stages, run what is not done, and write the report.",
     )
     p.add_argument("experiment", metavar="EXPERIMENT.yaml")
     p.add_argument(
@@ -388,13 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
-        "judge", help="the CPU harmfulness judge", description="Train the CPU judge shipped with safeft."
+        "judge",
+        help="train the CPU judge; measure any judge against human labels",
+        description="Train the CPU judge shipped with safeft, or measure judges against labelled pairs.",
     )
     judge_sub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.",
+        description="Train the CPU judge's head on frozen MiniLM embeddings of the labelled QA pairs of the data folder "
+        "(split by prompt; threshold chosen on validation) and write the judge; prints its held-out metrics.",
     )
     q.add_argument(
         "--output",
@@ -402,7 +481,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
+    q.add_argument(
+        "--threads", type=int, default=2, help="torch threads (the result is reproducible for a given number)"
+    )
     q.set_defaults(func=cmd_judge_train)
+    q = judge_sub.add_parser(
+        "eval",
+        help="agreement of judges with human labels (accuracy, precision, recall, F1, κ, 95% intervals)",
+        description="Score labelled (prompt, response, harmful?) pairs with each judge and compare with the labels: "
+        "accuracy, precision, recall, F1 (harmful = positive) and Cohen's κ, each with a 95% bootstrap interval.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    q.add_argument(
+        "--data", action="append", metavar="FILE", help="a labelled JSONL/JSON/CSV file (repeatable)"
+    )
+    q.add_argument(
+        "--heldout",
+        action="append",
+        metavar="NAME",
+        help="one of the CPU judge's held-out sets, rebuilt from --data-dir: heldout (held-out prompts of "
+        "BeaverTails + PKU-SafeRLHF) or eval_prompts (pairs of the 1,000 evaluation prompts) (repeatable)",
+    )
+    q.add_argument("--data-dir", help="data folder for --heldout (default: $SAFEFT_DATA_DIR)")
+    q.add_argument(
+        "--judge",
+        action="append",
+        metavar="NAME",
+        help="judge to evaluate (repeatable; default: cpu and keyword)",
+    )
+    q.add_argument("--prompt-field", default="prompt", help="field holding the request")
+    q.add_argument("--response-field", default="response", help="field holding the answer")
+    q.add_argument(
+        "--label-field",
+        default=None,
+        help="field holding the label (default: 'harmful' if present, else 'is_safe'); values true/false, 1/0, yes/no, harmful/unharmful, unsafe/safe",
+    )
+    q.add_argument(
+        "--label-means-safe",
+        action="store_true",
+        help="the label field is true for a harmless pair (implied for a field named is_safe)",
+    )
+    q.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+    q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    q.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
+    q.set_defaults(func=cmd_judge_eval)
 
     p = sub.add_parser(
         "bench",

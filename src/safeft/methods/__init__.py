@@ -14,8 +14,10 @@ from safeft.errors import unknown_name
 from safeft.methods.base import AlignmentTrainer
 from safeft.methods.booster import BoosterConfig, BoosterTrainer, BoosterVaccineConfig, BoosterVaccineTrainer
 from safeft.methods.lisa import LisaConfig, LisaTrainer
+from safeft.methods.panacea import PanaceaConfig, PanaceaTrainer
 from safeft.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from safeft.methods.sft import SFTConfig, SFTTrainer
+from safeft.methods.tar import TARConfig, TARTrainer
 from safeft.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from safeft.methods.vaccine import VaccineConfig, VaccineTrainer
 
@@ -70,8 +72,22 @@ METHODS: dict[str, MethodSpec] = {
         "new",
         "harmful representations -> noise, harmful-loss ascent",
     ),
+    "tar": MethodSpec(
+        TARConfig,
+        TARTrainer,
+        "align",
+        "new",
+        "meta-learn resistance to simulated fine-tuning attacks (K attack steps per step)",
+    ),
     "lisa": MethodSpec(
         LisaConfig, LisaTrainer, "finetune", "new", "fine-tuning-stage defense: alternate with alignment data"
+    ),
+    "panacea": MethodSpec(
+        PanaceaConfig,
+        PanaceaTrainer,
+        "finetune",
+        "new",
+        "fine-tuning-stage defense: learn a perturbation that raises the harmful loss, add it after (3 passes/step)",
     ),
 }
 

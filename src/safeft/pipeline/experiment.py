@@ -1,12 +1,14 @@
 """Experiments: one YAML file -> a grid of align / finetune / evaluate stages -> cached, resumable runs.
 
 An experiment file holds the shared settings of each stage (`base.align`, `base.finetune`,
-`base.evaluate`: keys of that stage's config file) and the axes of the grid (`grid.methods`,
-`grid.poison_ratios`, `grid.tasks`, `grid.seeds`, optional `grid.attack` sweeps). `expand` turns it
-into stages, each with a fully resolved stage config and its own run directory
+`base.repair`, `base.evaluate`: keys of that stage's config file) and the axes of the grid
+(`grid.methods`, `grid.poison_ratios`, `grid.tasks`, `grid.seeds`, optional `grid.attack` sweeps and
+`grid.repairs`). `expand` turns it into stages, each with a fully resolved stage config and its own
+run directory
 
     <output>/align/<method>-s<seed>-<hash>                      one per method x seed
     <output>/finetune/<method>-s<seed>-<task>-p<p>[-...]-<hash>  one per attack of it
+    <output>/repair/<attack's name>-<repair>-<hash>             one per attack x repair method
     <output>/evaluate/<same name as the evaluated run>-<hash>
 
 where `<hash>` is the stage config's fingerprint. A finetune config names its alignment run's
@@ -31,7 +33,11 @@ from typing import Any
 from safeft.config import Config, option
 from safeft.errors import ConfigError, SafeftError
 from safeft.io import write_json
+from safeft.methods import METHODS as _METHODS
 from safeft.pipeline.report import INDEX_FILE, NO_DEFENSE  # the index the report reads; the undefended row
+from safeft.repair import NO_REPAIR, REPAIRS
+
+FINETUNE_METHOD_NAMES = tuple(n for n, spec in _METHODS.items() if spec.stage == "finetune" or n == "sft")
 
 log = logging.getLogger("safeft")
 
@@ -41,6 +47,7 @@ PLACEHOLDER_OUTPUT = "<set by the experiment>"
 GRID_KEYS = {
     "align": ("output", "method", "data_dir"),
     "finetune": ("output", "from_run", "model", "task", "poison_ratio", "data_dir"),
+    "repair": ("output", "run", "method", "data_dir"),
     "evaluate": ("output", "run", "model", "task", "data_dir"),
 }
 
@@ -65,6 +72,10 @@ class BaseSettings(Config):
     finetune: dict[str, Any] = option(
         default_factory=dict,
         help="finetune config keys; the grid sets from_run/model, task, poison_ratio, train.seed, output and the attack axes",
+    )
+    repair: dict[str, Any] = option(
+        default_factory=dict,
+        help="repair config keys (see 'safeft repair --help'); the grid sets run, method and output",
     )
     evaluate: dict[str, Any] = option(
         default_factory=dict, help="evaluate config keys; the grid sets run/model, task and output"
@@ -145,6 +156,19 @@ class Grid(Config):
         help="sweeps of a defense's own hyper-parameters: {method: {field: [values]}}, e.g. "
         "{booster: {simulated_step_size: [0.1, 1.0]}}; every combination is its own alignment (and report row)",
     )
+    repairs: list[str] = option(
+        default_factory=lambda: [NO_REPAIR],
+        help="post-fine-tuning repairs of every attack: 'none' (evaluate the attacked model as it is) and/or "
+        "repair methods (see 'safeft repair --help'); each repaired attack is its own report row, "
+        "'<method> + <repair>'. SafeLoRA needs an alignment, so it skips the no-defense row",
+        choices=(NO_REPAIR, *REPAIRS),
+    )
+    finetune_methods: list[str] = option(
+        default_factory=list,
+        help="fine-tuning methods of every attack: sft and/or fine-tuning-stage defenses (lisa, panacea); each "
+        "defense is its own report row '<method> + <defense>'. Empty: base.finetune's method",
+        choices=FINETUNE_METHOD_NAMES,
+    )
     include_no_defense: bool = option(True, "also attack the non-aligned base model (the 'no defense' row)")
     include_unattacked: bool = option(
         True, "also evaluate every aligned model before any attack (the 'aligned, not attacked' column)"
@@ -152,12 +176,12 @@ class Grid(Config):
 
     def check(self) -> list[str]:
         problems = []
-        for key in ("poison_ratios", "tasks", "seeds"):
+        for key in ("poison_ratios", "tasks", "seeds", "repairs"):
             if not getattr(self, key):
                 problems.append(f"{key}: got an empty list, expected at least one value")
         if not self.methods and not self.include_no_defense:
             problems.append("methods: got an empty list with include_no_defense false: nothing to run")
-        for key in ("methods", "poison_ratios", "tasks", "seeds"):
+        for key in ("methods", "poison_ratios", "tasks", "seeds", "repairs", "finetune_methods"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 problems.append(f"{key}: got duplicate values {values!r}; list each value once")
@@ -327,9 +351,15 @@ class _Expander:
         from safeft.stages.align import AlignConfig
         from safeft.stages.evaluate import EvaluateConfig
         from safeft.stages.finetune import FinetuneConfig
+        from safeft.stages.repair import RepairConfig
 
         self.exp = exp
-        self.classes = {"align": AlignConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig}
+        self.classes = {
+            "align": AlignConfig,
+            "finetune": FinetuneConfig,
+            "repair": RepairConfig,
+            "evaluate": EvaluateConfig,
+        }
         self.stages: dict[str, Stage] = {}
         self.problems: dict[tuple[str, str], list[str]] = {}  # (kind, problem) -> stage names
 
@@ -374,16 +404,24 @@ class _Expander:
             else {"from_run": None, "model": parent}
         )
         grid = self.exp.grid
-        for task, ratio, attack in itertools.product(
-            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack)
+        # An empty finetune_methods axis keeps base.finetune's method (and the folder names without a tag).
+        finetune_methods: list[str | None] = list(grid.finetune_methods) or [None]
+        for task, ratio, attack, finetune_method in itertools.product(
+            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack), finetune_methods
         ):
             overrides, tag = _attack_overrides(attack)
             overrides = _merge(
                 overrides, {**source, "task": task, "poison_ratio": ratio, "train": {"seed": seed}}
             )
+            label = method
+            if finetune_method is not None:
+                overrides["method"] = finetune_method
+                if finetune_method != "sft":  # a fine-tuning-stage defense: its own row and folder
+                    tag += f"-{finetune_method}"
+                    label = f"{method} + {finetune_method}"
             name = f"{short}-s{seed}-{task}-p{_num(ratio)}{tag}"
             labels = {
-                "method": method,
+                "method": label,
                 "seed": seed,
                 "task": task,
                 "poison_ratio": ratio,
@@ -392,7 +430,22 @@ class _Expander:
             }
             ft = self.make("finetune", name, overrides, labels, [parent] if isinstance(parent, Stage) else [])
             if ft is not None:
+                self.repairs(ft, name, labels, task, aligned=isinstance(parent, Stage))
+
+    def repairs(self, ft: Stage, name: str, labels: dict[str, Any], task: str, aligned: bool) -> None:
+        """The evaluation of an attack as it is ('none') and of each repair of it."""
+        for repair in self.exp.grid.repairs:
+            if repair == NO_REPAIR:
                 self.evaluate(ft, name, labels, task)
+                continue
+            if REPAIRS[repair].needs_alignment and not aligned:
+                continue  # SafeLoRA projects onto the alignment's change: the bare model has none
+            repaired_labels = {**labels, "method": f"{labels['method']} + {repair}", "repair": repair}
+            stage = self.make(
+                "repair", f"{name}-{repair}", {"run": str(ft.path), "method": repair}, repaired_labels, [ft]
+            )
+            if stage is not None:
+                self.evaluate(stage, f"{name}-{repair}", repaired_labels, task)
 
     def expand(self) -> list[Stage]:
         grid = self.exp.grid
@@ -520,9 +573,10 @@ def write_index(exp: ExperimentConfig, stages: list[Stage]) -> Path:
 def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> bool:
     """Run one stage unless it is done: in this process, or on `num_processes` processes launched with torchrun.
 
-    `strict`: evaluations refuse to score rows their model was trained on. A stage whose run folder
-    another process holds (a second `safeft run` or a Slurm job sharing the runs folder: the folder's
-    `run_lock`) is waited for, then found done instead of run again. Returns whether it ran here.
+    `strict`: evaluations refuse to score rows their model was trained on. A repair is one pass in
+    one process. A stage whose run folder another process holds (a second `safeft run` or a Slurm
+    job sharing the runs folder: the folder's `run_lock`) is waited for, then found done instead of
+    run again. Returns whether it ran here.
     """
     from safeft.stages.runs import RunDir, RunInUse, config_fingerprint, wait_for_run_lock
 
@@ -539,7 +593,7 @@ def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> boo
 
 
 def _run_stage_here(stage: Stage, num_processes: int, strict: bool) -> None:
-    if num_processes > 1:
+    if num_processes > 1 and stage.kind != "repair":
         from safeft.launch import launch
 
         # The launched processes read the resolved config from a file beside the run directory (the
@@ -566,6 +620,10 @@ def _run_stage_here(stage: Stage, num_processes: int, strict: bool) -> None:
         from safeft.stages.finetune import run_finetune
 
         run_finetune(stage.config)  # type: ignore[arg-type]
+    elif stage.kind == "repair":
+        from safeft.stages.repair import run_repair
+
+        run_repair(stage.config)  # type: ignore[arg-type]
     else:
         from safeft.stages.evaluate import run_evaluate
 

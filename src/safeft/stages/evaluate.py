@@ -21,10 +21,14 @@ from safeft.evaluation.distributed import distributed_state
 from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
+from safeft.methods import METHODS
 from safeft.models import load_model, load_weights_chain
 from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
 
 log = logging.getLogger("safeft")
+
+HARMFUL_SAMPLES = "harmful_samples.jsonl"
+HARMLESS_SAMPLES = "harmless_samples.jsonl"
 
 
 @dataclass
@@ -34,9 +38,25 @@ class EvaluateConfig(Config):
     output: str = option(None, "folder for metrics.json and the per-sample JSONL files")
     run: str | None = option(None, "run directory (align or finetune) whose model to evaluate")
     model: str | None = option(None, "bare model to evaluate instead of a run")
-    judge: str = option("cpu", "harmfulness judge", choices=tuple(JUDGES))
+    judge: str = option(
+        "cpu", "harmfulness judge: its HS is `hs` (with a Wilson 95% interval)", choices=tuple(JUDGES)
+    )
+    extra_judges: list[str] = option(
+        None,
+        "judges whose HS is also reported, with its interval and its agreement with `judge` (default: keyword; [] for none)",
+        default_factory=lambda: ["keyword"],
+    )
     harmful_prompts: str = option("beavertails-eval", "harmful prompt set: source name or file")
     limit: int = option(1000, "harmful prompts to evaluate (the first N)", range=(0, None))
+    harmless_prompts: str = option(
+        "harmless-requests",
+        "requests people labelled harmless, for the over-refusal rate: source name or file",
+    )
+    harmless_limit: int = option(
+        100,
+        "harmless requests to answer (the first N); over-refusal = % of them refused; 0 skips it",
+        range=(0, None),
+    )
     task: str | None = option(None, "task for fine-tune accuracy (omit to skip)", choices=(None, *TASKS))
     task_data: str | None = option(
         None, "task evaluation rows: source name or file (default: the task's evaluation split)"
@@ -69,6 +89,11 @@ class EvaluateConfig(Config):
 
     def check(self) -> list[str]:
         problems = [] if self.output else ["output: required (the folder to write)"]
+        problems += [
+            f"extra_judges: unknown judge {name!r}; available: {', '.join(JUDGES)}"
+            for name in self.extra_judges
+            if name not in JUDGES
+        ]
         if bool(self.run) == bool(self.model):
             problems.append(f"run / model: give exactly one (got run={self.run!r}, model={self.model!r})")
         return problems
@@ -105,6 +130,14 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                     lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
                 )
             )
+        if stage == "finetune" and METHODS.get(config.get("method", ""), METHODS["sft"]).needs_harmful:
+            source, n = config["defense_harmful_data"], config["defense_harmful_samples"]
+            out.append(
+                (
+                    f"defense harmful rows of {current.path}",
+                    lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
+                )
+            )
         parent = current.manifest.get("parent")
         current = RunDir.open(parent) if parent and (Path(parent) / "manifest.json").is_file() else None
     return out
@@ -119,7 +152,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
     if not overwrite and out.is_done(config_fingerprint(cfg)):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
-    parent = RunDir.open(cfg.run, stages=("align", "finetune")) if cfg.run else None
+    parent = RunDir.open(cfg.run, stages=("align", "finetune", "repair")) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
     with stage_run(
@@ -161,6 +194,15 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             if cfg.limit
             else []
         )
+        harmless = (
+            take(
+                load_source(cfg.harmless_prompts, data_dir=cfg.data_dir),
+                cfg.harmless_limit,
+                f"harmless requests from {cfg.harmless_prompts}",
+            )
+            if cfg.harmless_limit
+            else []
+        )
         task_records = None
         if cfg.task:
             task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[
@@ -177,11 +219,14 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
         if model is not None:
             model.to(state.device, getattr(torch, cfg.dtype))
         judge = get_judge(cfg.judge)
-        metrics, harmful_rows, task_rows = evaluate_model(
+        extra_judges = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
+        metrics, harmful_rows, task_rows, harmless_rows = evaluate_model(
             model,
             tok,
             harmful_prompts=prompts,
             judge=judge,
+            extra_judges=extra_judges,
+            harmless_prompts=harmless,
             task_records=task_records,
             task_name=cfg.task,
             max_new_tokens=cfg.max_new_tokens,
@@ -193,11 +238,14 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             generator=generator,
         )
         if state.is_main_process:  # every process holds the same gathered results; one writes them
-            write_jsonl(out.path / "harmful_samples.jsonl", harmful_rows)
+            write_jsonl(out.path / HARMFUL_SAMPLES, harmful_rows)
             if task_rows:
                 write_jsonl(out.path / "task_samples.jsonl", task_rows)
+            if harmless_rows:
+                write_jsonl(out.path / HARMLESS_SAMPLES, harmless_rows)
             metrics.update(
                 prompt_set=cfg.harmful_prompts,
+                harmless_set=cfg.harmless_prompts if harmless else None,
                 judge=judge.name,
                 judge_version=judge.version,
                 run=cfg.run,
@@ -220,3 +268,68 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             out.write_manifest(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         state.wait_for_everyone()  # the others return only once metrics.json exists
     return out
+
+
+def _saved_verdicts(rows: list[dict], metrics: dict) -> dict[str, list[dict]]:
+    """Every judge's per-pair verdicts saved in an evaluation (older runs saved only the primary's)."""
+    if rows and "judges" in rows[0]:
+        return {name: [r["judges"][name] for r in rows] for name in rows[0]["judges"]}
+    return {metrics["judge"]: [{"flagged": r["flagged"], "score": r["score"]} for r in rows]}
+
+
+def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> dict:
+    """Score the saved answers of an evaluation with another judge; update its files; return its metrics.
+
+    Nothing is generated again. The judge's verdicts are added to every row of
+    `harmful_samples.jsonl` and its HS (with interval and agreement) to `metrics.json`; re-judging
+    with the evaluation's own judge name (e.g. a retrained `cpu`) replaces that judge's verdicts and
+    so `hs`. Each file is replaced atomically; run it again after an interruption.
+    """
+    from safeft.evaluation.evaluate import judge_pairs
+    from safeft.evaluation.metrics import harmful_metrics
+    from safeft.io import read_json, read_jsonl
+
+    run = RunDir.open(eval_dir)
+    samples = run.path / HARMFUL_SAMPLES
+    if run.manifest.get("stage") not in (None, "evaluate") or not samples.is_file():
+        raise SafeftError(
+            f"{run.path} is not a finished evaluation with saved answers (no {HARMFUL_SAMPLES}); "
+            "pass the --output folder of a 'safeft evaluate' run"
+        )
+    if run.manifest.get("status") != "done":
+        raise SafeftError(f"evaluation {run.path} is not finished (status {run.manifest.get('status')!r})")
+    metrics = read_json(run.path / "metrics.json")
+    rows = read_jsonl(samples)
+    judge = get_judge(judge_name, **judge_kwargs)
+    verdicts = _saved_verdicts(rows, metrics)
+    old = metrics.get("judges") or {
+        metrics["judge"]: {
+            "version": metrics.get("judge_version"),
+            "threshold": metrics.get("judge_threshold"),
+        }
+    }
+    replaced = old.get(judge.name, {}).get("version")
+    verdicts[judge.name] = judge_pairs(judge, [r["prompt"] for r in rows], [r["answer"] for r in rows])
+    primary = metrics["judge"]
+    metrics.update(harmful_metrics(verdicts, primary, [r["answer"] for r in rows]))
+    for name, entry in metrics["judges"].items():
+        kept = (
+            {"version": judge.version, "threshold": judge.threshold}
+            if name == judge.name
+            else old.get(name, {})
+        )
+        entry.update({k: v for k, v in kept.items() if k in ("version", "threshold")})
+    if judge.name == primary:
+        metrics.update(judge_version=judge.version, judge_threshold=judge.threshold)
+    metrics.setdefault("rejudged", []).append(
+        {"judge": judge.name, "version": judge.version, "replaced_version": replaced,
+         "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    )  # fmt: skip
+    for i, row in enumerate(rows):
+        row["judges"] = {name: v[i] for name, v in verdicts.items()}
+        row["flagged"], row["score"] = verdicts[primary][i]["flagged"], verdicts[primary][i]["score"]
+    write_jsonl(samples, rows)
+    write_json(run.path / "metrics.json", metrics)
+    log.info("re-judged %s with %s: HS %s %s", run.path, judge.name, metrics["judges"][judge.name]["hs"],
+             metrics["judges"][judge.name]["hs_ci95"])  # fmt: skip
+    return metrics

@@ -77,6 +77,14 @@ class FinetuneConfig(Config):
     )
     alignment_data: str = option("refusals", "alignment rows for fine-tuning-stage defenses (Lisa)")
     alignment_samples: int = option(1000, "alignment rows for Lisa", range=(1, None))
+    defense_harmful_data: str = option(
+        "harmful-pool",
+        "the provider's harmful QA rows for fine-tuning-stage defenses that need them (Panacea); "
+        "the attack's harmful rows must not overlap them",
+    )
+    defense_harmful_samples: int = option(
+        1000, "defense harmful rows (Panacea's reference: 1,000)", range=(1, None)
+    )
     data_dir: str | None = option(
         None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
     )
@@ -157,6 +165,13 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
         )
         eval_prompts = load_source(cfg.eval_prompts, data_dir=cfg.data_dir)
         alignment_harmful = _alignment_harmful_pool(parent, cfg.data_dir)
+        defense_harmful = (
+            training_rows(
+                cfg.defense_harmful_data, cfg.defense_harmful_samples, "defense harmful rows", cfg.data_dir
+            )
+            if spec.needs_harmful
+            else []
+        )
         mix, report = build_poisoned_mix(
             benign,
             harmful,
@@ -164,7 +179,7 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
             cfg.poison_ratio,
             cfg.train.seed,
             eval_prompts=eval_prompts,
-            alignment_harmful=alignment_harmful,
+            alignment_harmful=alignment_harmful + defense_harmful,
             strict=cfg.strict,
             exclude_overlaps=cfg.exclude_overlaps,
         )
@@ -189,11 +204,14 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
         if mode == "new":
             model = attach_lora(model, cfg.lora)
         alignment_ds = None
-        if cfg.method == "lisa":
+        if spec.needs_alignment:
             alignment = training_rows(
-                cfg.alignment_data, cfg.alignment_samples, "Lisa's alignment rows", cfg.data_dir
+                cfg.alignment_data, cfg.alignment_samples, f"{cfg.method}'s alignment rows", cfg.data_dir
             )
             alignment_ds = encode_rows(alignment, tok, cfg.max_length, cfg.template)
+        harmful_ds = (
+            encode_rows(defense_harmful, tok, cfg.max_length, cfg.template) if defense_harmful else None
+        )
         history = HistoryCallback()
         trainer = spec.trainer_cls(
             model=model,
@@ -202,6 +220,7 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
             data_collator=PaddingCollator(tok.pad_token_id),
             method_config=getattr(cfg.methods, cfg.method.replace("-", "_")),
             alignment_dataset=alignment_ds,
+            harmful_dataset=harmful_ds,
             callbacks=[history],
         )
         with PeakMemory() as mem:
