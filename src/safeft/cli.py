@@ -170,6 +170,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         output=args.output,
         num_processes=args.num_processes,
+        jobs=args.jobs,
+        launcher=args.launcher,
+        launcher_settings={
+            key: getattr(args, key)
+            for key in ("partition", "gpus_per_stage", "cpus_per_stage", "time_min", "mem_gb")
+            if getattr(args, key) is not None
+        },
         strict=args.strict,
     )
 
@@ -251,7 +258,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quickstart=args.quickstart,
         reps=args.reps,
         seq_len=args.seq_len,
-        precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+        precisions=(
+            ()
+            if args.precisions == "none"
+            else tuple(args.precisions.split(","))
+            if args.precisions
+            else None
+        ),
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
@@ -387,6 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluations refuse to score rows their model was trained on (see 'safeft evaluate --strict')",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N independent stages at once, each in its own process on its own GPUs "
+        "(CUDA_VISIBLE_DEVICES) or share of the CPU threads; a failed stage skips only its descendants",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="run each stage as a submitit job: 'slurm' submits the whole grid (parents as afterok "
+        "dependencies), 'local' runs the jobs on this machine; resources from the file's launcher: section",
+    )
+    group = p.add_argument_group("job resources (--launcher; override the experiment's launcher: section)")
+    group.add_argument("--partition", help="Slurm partition")
+    group.add_argument("--gpus-per-stage", type=int, help="GPUs of each stage's job")
+    group.add_argument("--cpus-per-stage", type=int, help="CPU cores of each stage's job")
+    group.add_argument("--time-min", type=int, help="time limit of each stage's job, in minutes")
+    group.add_argument("--mem-gb", type=float, help="memory of each stage's job, in GB")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -510,7 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reps", type=int, default=None, help="timed rounds per precision (default 3; smoke 2)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 64; smoke 16)")
-    p.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16 (default both; smoke fp32)")
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated: fp32,bf16 (default both; smoke fp32); 'none': no training benchmark (evaluation only)",
+    )
     p.add_argument(
         "--methods", default=None, help="comma-separated method names (default all; must include sft)"
     )

@@ -225,10 +225,14 @@ def _evaluation(result: BenchResult, model: Any, tok: Any) -> None:
         "batch_size": s.generation_batch_size,
         "identical_answers": same,
         **{
-            k: {"answers": v.items, "seconds": v.seconds, "answers_per_second": v.per_second}
+            k: {
+                "answers": v.items,
+                "seconds": v.seconds,
+                "answers_per_second": v.per_second,
+                "speedup": v.per_second / speeds["one_at_a_time"].per_second,
+            }
             for k, v in speeds.items()
         },
-        "speedup": speeds["batched"].per_second / speeds["one_at_a_time"].per_second,
     }
     for name, t in judge_throughput(s.judges, prompts, answers).items():
         result.judges[name] = (

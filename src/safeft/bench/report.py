@@ -201,18 +201,23 @@ def render(result: Any) -> str:
     out += ["## Evaluation throughput", ""]
     if g:
         out += [
-            f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens; batched = `generate_answers` "
-            f"(batch {g['batch_size']}, left padding, KV cache), one at a time = `generate_one_at_a_time`; interleaved halves. "
-            f"{g['identical_answers']} of {g['batched']['answers']} answers are identical between the two.",
+            f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens, batch {g['batch_size']} "
+            "(`generate_answers`: length-sorted, left padding, KV cache): with the greedy loop "
+            "(`engine loop`: finished rows leave the batch) and with transformers' `generate` (`engine hf`); "
+            "one at a time = `generate_one_at_a_time`. Interleaved halves (every path on the first half, then on "
+            "the second), one run. Identical answers to one at a time: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {n} of {g[k]['answers']}" for k, n in g["identical_answers"].items()
+            )
+            + ".",
             "",
-            "| generation | answers | seconds | answers/s |",
-            "|---|---|---|---|",
+            "| generation | answers | seconds | answers/s | × one at a time |",
+            "|---|---|---|---|---|",
             *(
-                f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | {g[k]['answers_per_second']:.2f} |"
-                for k in ("batched", "one_at_a_time")
+                f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | "
+                f"{g[k]['answers_per_second']:.2f} | {g[k]['speedup']:.1f}× |"
+                for k in ("batched_loop", "batched_hf", "one_at_a_time")
             ),
-            "",
-            f"Batched is **{g['speedup']:.1f}×** faster.",
             "",
         ]
     if result.judges:

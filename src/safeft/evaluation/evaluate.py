@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from safeft.data.records import Record
@@ -36,13 +36,32 @@ def question_text(record: Record) -> str:
     return f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
 
 
+# An engine that answers prompts by itself (vLLM): (prompts, max_new_tokens) -> answers in order.
+Generator = Callable[[Sequence[str], int], list[str]]
+
+
 def _generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+    engine: str,
+    generator: Generator | None,
 ) -> list[str]:
+    if generator is not None:  # it spreads the work over its GPUs itself
+        return generator(prompts, max_new_tokens)
     return split_and_gather(
         prompts,
         lambda part: generate_answers(
-            model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+            model,
+            tokenizer,
+            part,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            engine=engine,
         ),
     )
 
@@ -76,6 +95,8 @@ def evaluate_model(
     batch_size: int = 16,
     template: str = "alpaca",
     progress: bool = True,
+    engine: str = "loop",
+    generator: Generator | None = None,
 ) -> EvaluationResult:
     """Metrics and per-sample rows of one model.
 
@@ -96,7 +117,9 @@ def evaluate_model(
     if harmful_prompts:
         prompts = [format_prompt(r, template, chat_tok) for r in harmful_prompts]
         t0 = time.perf_counter()
-        answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        answers = _generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, progress, engine, generator
+        )
         t1 = time.perf_counter()
         questions = [question_text(r) for r in harmful_prompts]
         verdicts = {j.name: judge_pairs(j, questions, answers) for j in (judge, *extra_judges)}
@@ -138,7 +161,9 @@ def evaluate_model(
     if harmless_prompts:
         prompts = [format_prompt(r, template, chat_tok) for r in harmless_prompts]
         t0 = time.perf_counter()
-        answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        answers = _generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, progress, engine, generator
+        )
         timing["harmless_generation_s"] = round(time.perf_counter() - t0, 3)
         refused = [is_refusal(a) for a in answers]
         metrics.update(over_refusal_metrics(refused))
@@ -159,7 +184,14 @@ def evaluate_model(
         prompts = [format_prompt(r, template, chat_tok) for r in task_records]
         t0 = time.perf_counter()
         answers = _generate(
-            model, tokenizer, prompts, task_max_new_tokens or max_new_tokens, batch_size, progress
+            model,
+            tokenizer,
+            prompts,
+            task_max_new_tokens or max_new_tokens,
+            batch_size,
+            progress,
+            engine,
+            generator,
         )
         t1 = time.perf_counter()
         strict = [task.score_strict(a, r) for a, r in zip(answers, task_records, strict=True)]

@@ -190,6 +190,29 @@ class Grid(Config):
 
 
 @dataclass
+class LauncherSettings(Config):
+    """Resources of each stage's job under `safeft run --launcher slurm|local` (flags override them)"""
+
+    partition: str | None = option(None, "Slurm partition (default: the cluster's default partition)")
+    gpus_per_stage: int = option(0, "GPUs of each stage's job (0: a CPU job)", range=(0, None))
+    cpus_per_stage: int | None = option(
+        None, "CPU cores of each stage's job (default: the cluster's default)", range=(1, None)
+    )
+    time_min: int = option(
+        240,
+        "time limit of each stage's job, in minutes (a job stopped at its limit is requeued and resumes from its checkpoint)",
+        range=(1, None),
+    )
+    mem_gb: float | None = option(
+        None, "memory of each stage's job, in GB (default: the cluster's default)", range=(1, None)
+    )
+    slurm_extra: dict[str, Any] = option(
+        default_factory=dict,
+        help="further sbatch options, e.g. {account: my_lab, qos: normal, constraint: a100}",
+    )
+
+
+@dataclass
 class ExperimentConfig(Config):
     """An experiment: shared stage settings and the grid of runs"""
 
@@ -200,6 +223,7 @@ class ExperimentConfig(Config):
     )
     base: BaseSettings = field(default_factory=BaseSettings)
     grid: Grid = field(default_factory=Grid)
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
@@ -546,12 +570,29 @@ def write_index(exp: ExperimentConfig, stages: list[Stage]) -> Path:
     return path
 
 
-def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> None:
-    """Run one stage: in this process, or on `num_processes` processes launched with torchrun.
+def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> bool:
+    """Run one stage unless it is done: in this process, or on `num_processes` processes launched with torchrun.
 
     `strict`: evaluations refuse to score rows their model was trained on. A repair is one pass in
-    one process.
+    one process. A stage whose run folder another process holds (a second `safeft run` or a Slurm
+    job sharing the runs folder: the folder's `run_lock`) is waited for, then found done instead of
+    run again. Returns whether it ran here.
     """
+    from safeft.stages.runs import RunDir, RunInUse, config_fingerprint, wait_for_run_lock
+
+    while True:
+        wait_for_run_lock(stage.path)
+        if RunDir(stage.path).is_done(config_fingerprint(stage.config)):
+            log.info("%s: done by another process meanwhile", stage.id)
+            return False
+        try:
+            _run_stage_here(stage, num_processes, strict)
+            return True
+        except RunInUse:  # another process claimed it between the wait and the claim: wait for it
+            continue
+
+
+def _run_stage_here(stage: Stage, num_processes: int, strict: bool) -> None:
     if num_processes > 1 and stage.kind != "repair":
         from safeft.launch import launch
 
@@ -590,16 +631,45 @@ def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> Non
 
 
 def execute(
-    exp: ExperimentConfig, *, dry_run: bool = False, num_processes: int = 1, strict: bool = False
+    exp: ExperimentConfig,
+    *,
+    dry_run: bool = False,
+    num_processes: int = 1,
+    strict: bool = False,
+    jobs: int = 1,
+    launcher: str | None = None,
 ) -> int:
-    """Expand, plan, print or run, then write the report; returns the exit code."""
+    """Expand, plan, print or run, then write the report; returns the exit code.
+
+    With `jobs` > 1 or a `launcher`, independent stages run concurrently (`safeft.pipeline.scheduler`);
+    otherwise one after the other in this process.
+    """
     if num_processes < 1:
         raise SafeftError(f"--num-processes: got {num_processes}, expected an integer >= 1")
     stages = plan(expand(exp))
     if dry_run:
         print(format_plan(exp, stages))
         return 0
-    write_index(exp, stages)
+    index = write_index(exp, stages)
+    if jobs != 1 or launcher is not None:
+        from safeft.pipeline.scheduler import run_grid
+
+        code = run_grid(
+            stages,
+            index,
+            jobs=jobs,
+            launcher=launcher,
+            settings=exp.launcher,
+            num_processes=num_processes,
+            strict=strict,
+        )
+        if code != 0:
+            _report_so_far(exp)
+            return code
+        from safeft.pipeline.report import write_report
+
+        print(write_report(exp.runs_dir))
+        return 0
     total = len(stages)
     log.info(
         "experiment %s: %d stages, %d cached; runs folder %s",
@@ -616,12 +686,13 @@ def execute(
         log.info("stage %d/%d: %s (%s)", i, total, st.id, _status(st))
         t0 = time.perf_counter()
         try:
-            run_stage(st, num_processes, strict)
+            ran = run_stage(st, num_processes, strict)
         except SafeftError:
             _report_so_far(exp)
             raise
         gc.collect()  # free the previous stage's model before loading the next
-        log.info("stage %d/%d: %s done in %.0f s", i, total, st.id, time.perf_counter() - t0)
+        if ran:
+            log.info("stage %d/%d: %s done in %.0f s", i, total, st.id, time.perf_counter() - t0)
     log.info("experiment %s: all %d stages done in %.0f s", exp.name, total, time.perf_counter() - start)
     from safeft.pipeline.report import write_report
 
@@ -648,12 +719,25 @@ def run_experiment(
     output: str | None = None,
     num_processes: int = 1,
     strict: bool = False,
+    jobs: int = 1,
+    launcher: str | None = None,
+    launcher_settings: dict[str, Any] | None = None,
 ) -> int:
     """`safeft run EXPERIMENT.yaml`: run (or, with dry_run, plan) every stage not already done, then report.
 
-    `data_dir` and `output` override the file's values (the command line wins, as for every stage).
+    `data_dir`, `output` and `launcher_settings` (keys of the `launcher:` section) override the
+    file's values (the command line wins, as for every stage).
     """
-    overrides = {key: value for key, value in (("data_dir", data_dir), ("output", output)) if value}
+    overrides: dict[str, Any] = {
+        key: value for key, value in (("data_dir", data_dir), ("output", output)) if value
+    }
+    if launcher_settings:
+        overrides["launcher"] = launcher_settings
     return execute(
-        load_experiment(path, overrides), dry_run=dry_run, num_processes=num_processes, strict=strict
+        load_experiment(path, overrides),
+        dry_run=dry_run,
+        num_processes=num_processes,
+        strict=strict,
+        jobs=jobs,
+        launcher=launcher,
     )

@@ -69,6 +69,12 @@ class EvaluateConfig(Config):
         16, "tokens generated per task prompt (GSM8K needs ~256)", range=(1, None)
     )
     batch_size: int = option(16, "prompts generated together", range=(1, None))
+    engine: str = option(
+        "loop",
+        "generation engine: loop (greedy decoding, finished rows leave the batch: transformers' exact answers), "
+        "hf (transformers' generate), vllm (GPU; LoRA adapter loaded natively; pip install 'safeft[vllm]')",
+        choices=("loop", "hf", "vllm"),
+    )
     dtype: str = option(
         "float32",
         "weights' precision for generation (weights are loaded and adapters merged in float32 first); "
@@ -189,7 +195,17 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
         if out.reused:
             return out
         t0 = time.perf_counter()
-        if parent:
+        generator = None
+        if cfg.engine == "vllm":
+            from safeft.evaluation.vllm_engine import vllm_generator
+
+            base = parent.manifest["base_model"] if parent else cfg.model
+            chain = parent.manifest.get("weights", []) if parent else []
+            generator = vllm_generator(base, chain, out.path, dtype=cfg.dtype, cache=cfg.cache_dir)  # type: ignore[arg-type]
+            from transformers import AutoTokenizer
+
+            model, tok = None, AutoTokenizer.from_pretrained(generator.base)  # prompt templates only
+        elif parent:
             model, tok = load_weights_chain(
                 parent.manifest["base_model"],
                 parent.manifest.get("weights", []),
@@ -221,7 +237,8 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
         report_leaks(leaks, strict)
         # Under torchrun / accelerate launch: one device per process; prompts are split across processes.
         state = distributed_state()
-        model.to(state.device, getattr(torch, cfg.dtype))
+        if model is not None:
+            model.to(state.device, getattr(torch, cfg.dtype))
         judge = get_judge(cfg.judge)
         extra_judges = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
         metrics, harmful_rows, task_rows, harmless_rows = evaluate_model(
@@ -238,6 +255,8 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             batch_size=cfg.batch_size,
             template=cfg.template,
             progress=state.is_main_process,
+            engine=cfg.engine,
+            generator=generator,
         )
         if state.is_main_process:  # every process holds the same gathered results; one writes them
             write_jsonl(out.path / HARMFUL_SAMPLES, harmful_rows)
@@ -260,6 +279,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
                     "max_new_tokens": cfg.max_new_tokens,
                     "task_max_new_tokens": cfg.task_max_new_tokens,
                     "batch_size": cfg.batch_size,
+                    "engine": cfg.engine,
                     "template": cfg.template,
                 },
                 versions=package_versions(),

@@ -41,13 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import SoftFileLock, Timeout
+from filelock import SoftFileLease, Timeout
 
 from safeft.config import Config, read_yaml
 from safeft.errors import SafeftError
 from safeft.io import read_json, write_json
 
 log = logging.getLogger("safeft")
+
+# Generation engines that give transformers' exact greedy answers (tests/test_generate.py).
+EXACT_ENGINES = ("loop", "hf")
 
 PACKAGES = ("safeft", "torch", "transformers", "peft", "accelerate", "datasets")
 
@@ -80,6 +83,10 @@ def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) ->
     must not invalidate every finished stage.
     """
     data = {k: v for k, v in config.to_dict().items() if k not in ignore}
+    if (
+        data.get("engine") in EXACT_ENGINES
+    ):  # how answers are computed, not which: earlier evaluations stay cached
+        del data["engine"]
     if isinstance(data.get("method"), str) and isinstance(data.get("methods"), dict):
         chosen = data["method"].replace("-", "_")
         data["methods"] = {k: v for k, v in data["methods"].items() if k == chosen}
@@ -209,22 +216,36 @@ def lock_path(path: Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+# The stale-lock rule for holders on other hosts (Slurm jobs of one grid on several nodes): the
+# holder renews its lease every LEASE_SECONDS / 3; a lease not renewed for LEASE_SECONDS (its node
+# died or hangs) is taken over. A holder on this host whose process is gone is stale at once.
+LEASE_SECONDS = 120.0
+
+
+class RunInUse(SafeftError):
+    """Another process holds the run folder's lock."""
+
+
+def _lease(path: Path) -> SoftFileLease:
+    return SoftFileLease(str(lock_path(path)), lease_duration=LEASE_SECONDS, timeout=0)
+
+
 @contextlib.contextmanager
 def run_lock(path: str | Path) -> Iterator[None]:
     """Hold the run folder's lock for the block, or fail at once if another process holds it.
 
-    A `filelock.SoftFileLock`: the lock file is created exclusively (which works on shared file
+    A `filelock.SoftFileLease`: the lock file is created exclusively (which works on shared file
     systems too) and records the holder's pid and host. A lock left by a process that has died on
-    this host is stale and taken over; one held from another host must be removed by hand once
-    that process is known to be gone (the message says which file).
+    this host is stale and taken over at once; one held from another host is taken over once its
+    holder has not renewed it for `LEASE_SECONDS`.
     """
     path = Path(path)
-    lock = SoftFileLock(str(lock_path(path)), timeout=0)
+    lock = _lease(path)
     try:
         lock.acquire()
     except Timeout:
         holder = _lock_holder(lock_path(path))
-        raise SafeftError(
+        raise RunInUse(
             f"{path} is in use by another safeft process ({holder}): two commands must not run the same "
             f"stage at once. Wait for it to finish, then rerun to reuse its result. If that process no longer "
             f"exists (it ran on another machine), delete {lock_path(path)}."
@@ -235,11 +256,31 @@ def run_lock(path: str | Path) -> Iterator[None]:
         lock.release()
 
 
+def wait_for_run_lock(path: str | Path, poll_seconds: float = 2.0) -> None:
+    """Return once no other process holds the run folder's lock (stale locks count as free)."""
+    path = Path(path)
+    logged = False
+    lock = _lease(path)  # one instance: a lease expires once it has been seen unrenewed for its duration
+    while True:
+        try:
+            lock.acquire()
+        except Timeout:
+            if not logged:
+                log.info(
+                    "%s: in use by another process (%s); waiting for it", path, _lock_holder(lock_path(path))
+                )
+                logged = True
+            time.sleep(poll_seconds)
+            continue
+        lock.release()
+        return
+
+
 def _lock_holder(lock_file: Path) -> str:
     try:
-        pid, host = lock_file.read_text().split("\n")[:2]
-        return f"pid {int(pid)} on {host}"
-    except (OSError, ValueError):
+        fields = dict(line.split("=", 1) for line in lock_file.read_text().splitlines() if "=" in line)
+        return f"pid {int(fields['pid'])} on {fields['host']}"
+    except (OSError, ValueError, KeyError):
         return "holder unknown"
 
 
