@@ -20,6 +20,7 @@ from safeft.errors import SafeftError
 from safeft.evaluation.distributed import distributed_state
 from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
+from safeft.hardware import generation_dtype
 from safeft.io import write_json, write_jsonl
 from safeft.methods import METHODS
 from safeft.models import load_model, load_weights_chain
@@ -237,8 +238,9 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
         report_leaks(leaks, strict)
         # Under torchrun / accelerate launch: one device per process; prompts are split across processes.
         state = distributed_state()
+        dtype_used = generation_dtype(cfg.dtype, "generation")
         if model is not None:
-            model.to(state.device, getattr(torch, cfg.dtype))
+            model.to(state.device, getattr(torch, dtype_used))
         judge = get_judge(cfg.judge)
         extra_judges = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
         metrics, harmful_rows, task_rows, harmless_rows = evaluate_model(
@@ -276,6 +278,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
                 decoding={
                     "greedy": True,
                     "dtype": cfg.dtype,
+                    "dtype_used": dtype_used,
                     "max_new_tokens": cfg.max_new_tokens,
                     "task_max_new_tokens": cfg.task_max_new_tokens,
                     "batch_size": cfg.batch_size,

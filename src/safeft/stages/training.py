@@ -14,6 +14,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from safeft.config import Config, option
 from safeft.errors import SafeftError
+from safeft.hardware import use_bf16
 from safeft.stages.runs import RunDir
 
 log = logging.getLogger("safeft")
@@ -33,7 +34,11 @@ class TrainSettings(Config):
     scheduler: str = option(
         "constant", "learning-rate schedule", choices=("constant", "linear", "cosine", "constant_with_warmup")
     )
-    bf16: bool = option(False, "bf16 autocast (CPU and GPU); weights stay fp32")
+    bf16: bool = option(
+        False,
+        "bf16 autocast, weights stay fp32; on a machine without native bf16 (an AVX2-only CPU) fp32 is used "
+        "instead, with a warning (safeft.hardware)",
+    )
     seed: int = option(42, "seed of initialisation, shuffling and sampling", range=(0, None))
     logging_steps: int = option(1, "log loss and method metrics every N steps", range=(1, None))
     save_steps: int = option(50, "write a resumable checkpoint every N steps", range=(1, None))
@@ -75,7 +80,7 @@ def training_arguments(settings: TrainSettings, run: RunDir, **extra: Any) -> Tr
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,
         lr_scheduler_type=scheduler,
-        bf16=settings.bf16,
+        bf16=use_bf16(settings.bf16, "training"),
         seed=settings.seed,
         data_seed=settings.seed,
         logging_steps=settings.logging_steps,
