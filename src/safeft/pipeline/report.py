@@ -103,6 +103,8 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
     ] = {}  # resolved path -> (kind, manifest, config, path)
     for manifest_path in sorted(runs_dir.glob("**/manifest.json")):
         run_path = manifest_path.parent
+        if run_path.is_symlink():  # the old name of a folder adopted under today's fingerprint
+            continue
         try:
             manifest = read_json(manifest_path)
         except (OSError, ValueError):

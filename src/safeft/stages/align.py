@@ -2,52 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from safeft.config import Config, option
+from safeft.config import option
 from safeft.data.sources import training_rows
-from safeft.data.templates import TEMPLATES
-from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
-from safeft.io import write_json
-from safeft.methods import METHODS, get_method
-from safeft.models import LoraSettings, attach_lora, load_model
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, stage_run
-from safeft.stages.training import (
-    HistoryCallback,
-    TrainSettings,
-    remove_checkpoints,
-    save_weights,
-    train_resumably,
-    training_arguments,
-)
+from safeft.methods import get_method, method_names
+from safeft.models import attach_lora, load_model
+from safeft.stages.runs import RunDir, stage_run
+from safeft.stages.training import TrainingStageConfig, train_and_save
 
 log = logging.getLogger("safeft")
 
-ALIGN_METHODS = tuple(name for name, spec in METHODS.items() if spec.stage == "align")
-
-# One section per method in the YAML file and on the command line (`--booster.harmful-weight 5`).
-MethodOptions = dataclasses.make_dataclass(
-    "MethodOptions",
-    [
-        (name.replace("-", "_"), spec.config_cls, dataclasses.field(default_factory=spec.config_cls))
-        for name, spec in METHODS.items()
-    ],
-    bases=(Config,),
-)
-MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method's section is used)"
+ALIGN_METHODS = method_names("align")
 
 
 @dataclass
-class AlignConfig(Config):
+class AlignConfig(TrainingStageConfig):
     """Alignment stage"""
 
-    output: str = option(None, "run directory to write (created; an unfinished run there is resumed)")
     method: str = option("sft", "alignment method", choices=ALIGN_METHODS)
     model: str = option("smollm2-135m", "short name (see 'safeft models'), local folder or Hub id")
     alignment_data: str = option(
@@ -58,72 +34,35 @@ class AlignConfig(Config):
         "harmful-pool", "harmful QA pool for Booster / RepNoise / T-Vaccine's probe: source name or file"
     )
     harmful_samples: int = option(1000, "harmful rows to use (the first N)", range=(1, None))
-    data_dir: str | None = option(
-        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
-    )
-    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
-    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
-    cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
-    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
-    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
-    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
-
-    def check(self) -> list[str]:
-        return [] if self.output else ["output: required (the run directory to write)"]
-
-    @property
-    def method_config(self) -> Any:
-        return getattr(self.methods, self.method.replace("-", "_"))
-
-
-def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
-    return [encode(r, tokenizer, max_length, template=template) for r in records]
 
 
 def run_align(cfg: AlignConfig) -> RunDir:
     spec = get_method(cfg.method)
     run = RunDir(Path(cfg.output))
-    if run.is_done(config_fingerprint(cfg)):
+    if run.is_done_for(cfg):
         log.info("alignment run %s is already done; reusing it", run.path)
         return RunDir.open(run.path)
     with stage_run(cfg.output, "align", cfg, method=cfg.method, base_model=cfg.model, parent=None) as run:
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         model, tok = load_model(cfg.model, cache=cfg.cache_dir)
         alignment = training_rows(cfg.alignment_data, cfg.alignment_samples, "alignment rows", cfg.data_dir)
-        harmful_ds = None
-        if spec.needs_harmful:
-            harmful = training_rows(cfg.harmful_data, cfg.harmful_samples, "harmful rows", cfg.data_dir)
-            harmful_ds = encode_rows(harmful, tok, cfg.max_length, cfg.template)
-        model = attach_lora(model, cfg.lora)
-        history = HistoryCallback()
-        trainer = spec.trainer_cls(
-            model=model,
-            args=training_arguments(cfg.train, run),
-            train_dataset=encode_rows(alignment, tok, cfg.max_length, cfg.template),
-            data_collator=PaddingCollator(tok.pad_token_id),
-            method_config=cfg.method_config,
-            harmful_dataset=harmful_ds,
-            callbacks=[history],
+        harmful = (
+            training_rows(cfg.harmful_data, cfg.harmful_samples, "harmful rows", cfg.data_dir)
+            if spec.needs_harmful
+            else None
         )
-        with PeakMemory() as mem:
-            stats = train_resumably(trainer, run, history)
-        if trainer.is_world_process_zero():
-            weights = save_weights(trainer.model, run)
-            metrics = {
-                "stage": "align",
-                "method": cfg.method,
-                **stats,
-                **mem.as_dict(),
-                "wall_time_s": round(time.perf_counter() - t0, 2),
-            }
-            write_json(run.path / "metrics.json", metrics)
-            run.write_manifest(
-                status="done",
-                weights=[{"kind": weights, "path": str((run.path / weights).resolve())}],
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            )
-            remove_checkpoints(run)
-        trainer.accelerator.wait_for_everyone()
+        model = attach_lora(model, cfg.lora)
+        train_and_save(
+            run,
+            cfg,
+            model,
+            tok,
+            alignment,
+            started=started,
+            weights_before=[],
+            metrics={},
+            harmful_rows=harmful,
+        )
     if not run.is_done():
         raise SafeftError(f"alignment run {run.path} did not finish")
     return run

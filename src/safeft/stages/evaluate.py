@@ -19,7 +19,7 @@ from safeft.evaluation.evaluate import evaluate_model
 from safeft.evaluation.judges import JUDGES, get_judge
 from safeft.io import write_json, write_jsonl
 from safeft.models import load_model, load_weights_chain
-from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
+from safeft.stages.runs import RunDir, package_versions, stage_run
 
 log = logging.getLogger("safeft")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("safeft")
 class EvaluateConfig(Config):
     """Evaluation stage"""
 
-    output: str = option(None, "folder for metrics.json and the per-sample JSONL files")
+    output: str = option(None, "folder for metrics.json and the per-sample JSONL files", fingerprint=False)
     run: str | None = option(None, "run directory (align or finetune) whose model to evaluate")
     model: str | None = option(None, "bare model to evaluate instead of a run")
     judge: str = option("cpu", "harmfulness judge", choices=tuple(JUDGES))
@@ -54,9 +54,13 @@ class EvaluateConfig(Config):
     )
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
     data_dir: str | None = option(
-        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
+        None,
+        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
+        fingerprint=False,
     )
-    cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
+    cache_dir: str | None = option(
+        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
+    )
 
     def check(self) -> list[str]:
         problems = [] if self.output else ["output: required (the folder to write)"]
@@ -67,7 +71,7 @@ class EvaluateConfig(Config):
 
 def run_evaluate(cfg: EvaluateConfig) -> RunDir:
     out = RunDir(Path(cfg.output))
-    if out.is_done(config_fingerprint(cfg)):
+    if out.is_done_for(cfg):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
     parent = RunDir.open(cfg.run) if cfg.run else None

@@ -11,6 +11,12 @@ Layout of every stage's folder:
 
 A stage counts as finished only when its manifest says `status: done` and its config fingerprint
 matches: everything else is rerun (resuming from the newest complete checkpoint).
+
+The fingerprint covers exactly what can change a stage's result: every config field except those
+declared with `fingerprint=False` (output, data and cache folders, logging, checkpointing, the
+progress bar), and of the `methods` section only the chosen method's own settings. Manifests
+written before this rule (no `fingerprint_version`) carry a hash of the whole config; such a run
+still counts as finished when its saved config.yaml has today's fingerprint (`is_done_for`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 import torch
 
-from safeft.config import Config
+from safeft.config import Config, read_yaml
 from safeft.errors import SafeftError
 from safeft.io import read_json, write_json
 
@@ -64,10 +70,31 @@ def git_revision() -> str | None:
         return None
 
 
-def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) -> str:
-    """A hash of what determines a stage's result (the output folder itself does not)."""
-    data = {k: v for k, v in config.to_dict().items() if k not in ignore}
+FINGERPRINT_VERSION = 2  # 1 (no version in the manifest): a hash of the whole config but `output`
+
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of what determines a stage's result (`Config.fingerprint_data`)."""
+    data = config.fingerprint_data()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def saved_config_fingerprint(
+    path: Path, config_cls: type[Config], moved: dict[str, str] | None = None
+) -> str | None:
+    """Today's fingerprint of the config.yaml saved in run folder `path` (None if it no longer loads).
+
+    `moved` maps run folders that were renamed to their new paths: a saved config that names its
+    parent run by the old path fingerprints as if it named the new one.
+    """
+    try:
+        data = read_yaml(path / "config.yaml")
+        for key in ("from_run", "run"):  # the parent run of a finetune / evaluate config
+            if isinstance(data.get(key), str) and moved and data[key] in moved:
+                data[key] = moved[data[key]]
+        return config_fingerprint(config_cls.from_dict(data, source=str(path / "config.yaml")))
+    except (SafeftError, OSError):  # ConfigError is a SafeftError: a field was removed or renamed since
+        return None
 
 
 def is_main_process() -> bool:
@@ -99,6 +126,19 @@ class RunDir:
         m = read_json(self.manifest_path)
         return m.get("status") == "done" and (fingerprint is None or m.get("fingerprint") == fingerprint)
 
+    def is_done_for(self, config: Config, moved: dict[str, str] | None = None) -> bool:
+        """Finished with a config of the same fingerprint, under today's rule or (older runs) by its saved config."""
+        if not self.is_done():
+            return False
+        fingerprint = config_fingerprint(config)
+        if self.manifest_fingerprint() == fingerprint:
+            return True
+        legacy = read_json(self.manifest_path).get("fingerprint_version") is None
+        return legacy and saved_config_fingerprint(self.path, type(config), moved) == fingerprint
+
+    def manifest_fingerprint(self) -> str | None:
+        return read_json(self.manifest_path).get("fingerprint") if self.manifest_path.is_file() else None
+
     def write_manifest(self, **updates: Any) -> None:
         self.manifest.update(updates)
         if is_main_process():
@@ -125,6 +165,7 @@ def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> 
         stage=stage,
         status="running",
         fingerprint=config_fingerprint(config),
+        fingerprint_version=FINGERPRINT_VERSION,
         git_revision=git_revision(),
         versions=package_versions(),
         command=" ".join(sys.argv),
