@@ -67,13 +67,13 @@ def test_evaluate_model_metrics_and_rows():
         Record("Analyze the sentiment", "great film", "positive", {"row": 1}),
         Record("Analyze the sentiment", "awful", "negative", {"row": 2}),
     ]
-    metrics, harmful_rows, task_rows = evaluate_model(
+    result, harmful_rows, task_rows = evaluate_model(
         model, tok, harmful_prompts=harmful, judge=_FlagAll(), task_records=tasks, task_name="sst2",
         max_new_tokens=4, batch_size=2, progress=False,
     )  # fmt: skip
-    assert metrics["hs"] == 100.0 and metrics["n_harmful"] == 2 and metrics["n_task"] == 2
-    assert metrics["fa_strict"] == 0.0  # a random model does not answer "positive"/"negative"
-    assert set(metrics["timing"]) >= {
+    assert result.hs == 100.0 and result.n_harmful == 2 and result.n_task == 2
+    assert result.fa_strict == 0.0  # a random model does not answer "positive"/"negative"
+    assert set(result.timing) >= {
         "harmful_generation_s",
         "harmful_generation_s_per_prompt",
         "judge_s",
@@ -93,7 +93,7 @@ def test_evaluate_model_with_keyword_judge_and_no_task():
     from safeft.evaluation.evaluate import evaluate_model
 
     model, tok = tiny_llama()
-    metrics, rows, task_rows = evaluate_model(
+    result, rows, task_rows = evaluate_model(
         model,
         tok,
         harmful_prompts=[Record("hi")],
@@ -104,4 +104,4 @@ def test_evaluate_model_with_keyword_judge_and_no_task():
         batch_size=1,
         progress=False,
     )
-    assert task_rows == [] and "fa_strict" not in metrics and len(rows) == 1
+    assert task_rows == [] and "fa_strict" not in result.to_metrics() and len(rows) == 1

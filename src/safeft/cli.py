@@ -97,21 +97,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from safeft.evaluation.result import EvaluationResult
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, run_evaluate
 
     run = run_evaluate(_load_stage_config(EvaluateConfig, args))
-    metrics = read_json(run.path / "metrics.json")
-    keys = (
-        "harmful_score",
-        "harmful_score_plus",
-        "refusal_rate",
-        "finetune_accuracy",
-        "finetune_accuracy_lenient",
-        "n_harmful",
-        "n_task",
-    )
-    print("  ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
+    print(EvaluationResult.from_metrics(read_json(run.path / "metrics.json")).summary())
     print(f"evaluation: {run.path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Evaluate one model: harmful score on harmful prompts, fine-tune accuracy on a task.
 
-`evaluate_model` returns the summary metrics and the per-sample rows separately: summary numbers
+`evaluate_model` returns the summary (an `EvaluationResult`) and the per-sample rows separately: summary numbers
 never go into per-sample rows, per-sample values never into the summary. Under several processes
 (torchrun / accelerate) the prompts are split across processes and gathered back in order
 (`safeft.evaluation.distributed`); every process returns the same result.
@@ -27,6 +27,7 @@ from safeft.evaluation.metrics import (
     is_incoherent,
     refusal_rate,
 )
+from safeft.evaluation.result import EvaluationResult
 
 log = logging.getLogger("safeft")
 
@@ -60,16 +61,16 @@ def evaluate_model(
     batch_size: int = 16,
     template: str = "alpaca",
     progress: bool = True,
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(metrics, harmful per-sample rows, task per-sample rows).
+) -> tuple[EvaluationResult, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(summary, harmful per-sample rows, task per-sample rows).
 
-    metrics: `hs`, `hs_plus`, `refusal_rate`, `incoherence_rate`, `n_harmful`; with a task also
-    `fa_strict`, `fa_lenient` (None for tasks without accuracy), `n_task`; `timing` in seconds.
-    `task_max_new_tokens` defaults to `max_new_tokens`.
+    The summary has HS and its companions when there are harmful prompts, FA (None for tasks
+    without accuracy) when there is a task, and the timing in seconds. `task_max_new_tokens`
+    defaults to `max_new_tokens`.
     """
     chat_tok = tokenizer if template == "chat" else None
-    metrics: dict[str, Any] = {}
-    timing: dict[str, float] = {}
+    result = EvaluationResult()
+    timing = result.timing
     harmful_rows: list[dict[str, Any]] = []
     task_rows: list[dict[str, Any]] = []
 
@@ -83,11 +84,13 @@ def evaluate_model(
         scores = split_and_gather(pairs, lambda part: judge.score([q for q, _ in part], [a for _, a in part]))
         t2 = time.perf_counter()
         flags = [s > judge.threshold for s in scores]
-        metrics.update(
-            hs=harmful_score(flags), hs_plus=hs_plus(flags, answers), refusal_rate=refusal_rate(answers),
-            incoherence_rate=incoherence_rate(answers), empty_rate=empty_rate(answers), n_harmful=len(answers),
-            judge_threshold=judge.threshold,
-        )  # fmt: skip
+        result.hs, result.hs_plus = harmful_score(flags), hs_plus(flags, answers)
+        result.refusal_rate, result.incoherence_rate = refusal_rate(answers), incoherence_rate(answers)
+        result.empty_rate, result.n_harmful, result.judge_threshold = (
+            empty_rate(answers),
+            len(answers),
+            judge.threshold,
+        )
         timing.update(harmful_generation_s=round(t1 - t0, 3), harmful_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
                       judge_s=round(t2 - t1, 3), judge_s_per_prompt=round((t2 - t1) / len(prompts), 4))  # fmt: skip
         harmful_rows = [
@@ -108,9 +111,9 @@ def evaluate_model(
         ]
         log.info(
             "harmful prompts: HS %.2f%%, HS+ %.2f%%, refusals %.2f%% (n=%d, judge %s)",
-            metrics["hs"],
-            metrics["hs_plus"],
-            metrics["refusal_rate"],
+            result.hs,
+            result.hs_plus,
+            result.refusal_rate,
             len(answers),
             judge.name,
         )
@@ -131,7 +134,9 @@ def evaluate_model(
         t1 = time.perf_counter()
         strict = [task.score_strict(a, r) for a, r in zip(answers, task_records, strict=True)]
         lenient = [task.score_lenient(a, r) for a, r in zip(answers, task_records, strict=True)]
-        metrics.update(fine_tune_accuracy(strict, lenient), task=task_name)
+        result.task = task_name
+        fa = fine_tune_accuracy(strict, lenient)
+        result.fa_strict, result.fa_lenient, result.n_task = fa["fa_strict"], fa["fa_lenient"], fa["n_task"]
         timing.update(
             task_generation_s=round(t1 - t0, 3),
             task_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
@@ -152,10 +157,9 @@ def evaluate_model(
         log.info(
             "task %s: FA strict %s, lenient %s (n=%d)",
             task_name,
-            metrics["fa_strict"],
-            metrics["fa_lenient"],
+            result.fa_strict,
+            result.fa_lenient,
             len(answers),
         )
 
-    metrics["timing"] = timing
-    return metrics, harmful_rows, task_rows
+    return result, harmful_rows, task_rows

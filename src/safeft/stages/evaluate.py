@@ -112,7 +112,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
         state = distributed_state()
         model.to(state.device, getattr(torch, cfg.dtype))
         judge = get_judge(cfg.judge)
-        metrics, harmful_rows, task_rows = evaluate_model(
+        result, harmful_rows, task_rows = evaluate_model(
             model,
             tok,
             harmful_prompts=prompts,
@@ -129,7 +129,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
             write_jsonl(out.path / "harmful_samples.jsonl", harmful_rows)
             if task_rows:
                 write_jsonl(out.path / "task_samples.jsonl", task_rows)
-            metrics.update(
+            result.details.update(
                 prompt_set=cfg.harmful_prompts,
                 judge=judge.name,
                 judge_version=judge.version,
@@ -147,7 +147,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
                 num_processes=state.num_processes,
                 wall_time_s=round(time.perf_counter() - t0, 2),
             )
-            write_json(out.path / "metrics.json", metrics)
+            write_json(out.path / "metrics.json", result.to_metrics())
             out.write_manifest(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         state.wait_for_everyone()  # the others return only once metrics.json exists
     return out
