@@ -19,6 +19,8 @@ EXPECTED_ROWS = [
     ("beavertails-eval", None, 1000),
     ("beavertails-attack", None, 200),
     ("pku-saferlhf", None, 2000),
+    ("pku-paired-safe", None, 518),  # 549 prompts with both answers - 30 eval prompts - 1 (docs/methods.md)
+    ("pku-paired-unsafe", None, 518),
     ("sst2", "train", 67349),
     ("sst2", "validation", 872),
     ("agnews", "train", 10001),

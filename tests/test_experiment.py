@@ -245,11 +245,19 @@ def test_several_processes_launch_each_stage_with_its_resolved_config(tmp_path, 
     import safeft.launch
 
     calls = []
-    monkeypatch.setattr(safeft.launch, "launch", lambda argv, n: calls.append((argv, n)) or 0)
+
+    def launch(argv, n):
+        calls.append((argv, n, yaml.safe_load(Path(argv[2]).read_text())))
+        return 0
+
+    monkeypatch.setattr(safeft.launch, "launch", launch)
     stage = build(tmp_path)[0]
     ex.run_stage(stage, num_processes=2)
-    assert calls == [([stage.kind, "--config", str(stage.path / "config.yaml")], 2)]
-    assert yaml.safe_load((stage.path / "config.yaml").read_text())["output"] == str(stage.path)
+    ((argv, n, config),) = calls
+    assert argv[:2] == [stage.kind, "--config"] and n == 2
+    assert config["output"] == str(stage.path)
+    # the file is handed over beside the run folder (which is the stage's to claim) and removed after
+    assert not stage.path.exists() and not Path(argv[2]).exists()
 
 
 def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
@@ -276,3 +284,14 @@ def test_tiny_experiment_runs_then_reruns_nothing(tmp_path, capsys, caplog):
     caplog.clear()
     assert ex.run_experiment(path) == 0
     assert caplog.text.count("(cached, skipped)") == 8
+
+
+def test_fingerprint_counts_only_the_chosen_methods_options(tmp_path):
+    from safeft.stages.align import AlignConfig
+
+    base = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other = AlignConfig(output=str(tmp_path / "a"), method="booster")
+    other.methods.repnoise.ascent_weight = 0.5  # another method's option: same stage result
+    assert config_fingerprint(other) == config_fingerprint(base)
+    other.methods.booster.harmful_weight = 1.0  # the chosen method's option: a different stage
+    assert config_fingerprint(other) != config_fingerprint(base)

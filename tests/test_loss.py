@@ -89,3 +89,29 @@ def test_a_trainable_output_layer_keeps_the_full_logits(tmp_path):
 def test_chunks_are_sized_by_bytes():
     # the byte budget gives SmolLM2's 49,152-token vocabulary chunks of ~170 positions (16 at least)
     assert max(16, CHUNK_BYTES // (4 * 49_152)) == 170
+
+
+def test_output_layer_chunks_respect_the_byte_budget(monkeypatch):
+    """Each output-layer call gets CHUNK_BYTES // (4 · vocabulary) rows (at least 16), in order."""
+    from safeft.methods.loss import response_cross_entropy_sum
+
+    vocabulary, width = 50, 4
+    head = torch.nn.Linear(width, vocabulary, bias=False)
+    rows_per_call = []
+    head.register_forward_hook(lambda m, args, out: rows_per_call.append(args[0].shape[0]))
+    hidden = torch.randn(2, 60, width)
+    labels = torch.randint(0, vocabulary, (2, 60))  # 2 x 59 = 118 targets after the shift
+    for budget, expected in (
+        (4 * vocabulary * 40, [40, 40, 38]),
+        (4 * vocabulary * 100, [100, 18]),
+        (8, [16] * 7 + [6]),
+    ):
+        monkeypatch.setattr("safeft.methods.loss.CHUNK_BYTES", budget)
+        rows_per_call.clear()
+        with torch.no_grad():
+            total = response_cross_entropy_sum(head, hidden, labels)
+        assert rows_per_call == expected, budget
+        full = torch.nn.functional.cross_entropy(
+            head(hidden[:, :-1]).flatten(0, 1), labels[:, 1:].flatten(), reduction="sum"
+        )
+        torch.testing.assert_close(total, full)

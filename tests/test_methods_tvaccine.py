@@ -88,12 +88,95 @@ def test_perturbation_only_on_drawn_blocks_with_norm_rho(tmp_path):
     assert abs(t._metrics["tvaccine/perturbation_norm"][-1].item() - 3.0) < 1e-4
 
 
-def test_previous_block_is_activated_only_on_deep_models(tmp_path):
+def test_previous_block_skips_checkpointing_only_on_deep_models(tmp_path):
     model = tiny()
     t = trainer("tvaccine", model, tmp_path)
     t.set_drawn([2])
-    assert t.active == [2]  # 4 blocks: not deeper than 26
+    assert t.uncheckpointed == [2]  # 4 blocks: not deeper than 26
     t.blocks = t.blocks * 8  # pretend 32 blocks
     t.block_params = t.block_params * 8
     t.set_drawn([2, 9])
-    assert t.active == [1, 2, 8, 9] and t.drawn == [2, 9]
+    assert t.uncheckpointed == [1, 2, 8, 9] and t.drawn == [2, 9]
+
+
+def _deep_llama(blocks=28):
+    """A Llama as deep as Llama-2-7B's 32 > 26 blocks regime (hidden 16: builds in a blink)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from safeft.models import LoraSettings, attach_lora
+
+    config = LlamaConfig(
+        vocab_size=2100,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=blocks,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    return attach_lora(AutoModelForCausalLM.from_config(config), LoraSettings())
+
+
+def test_on_a_deep_model_only_the_drawn_blocks_train_and_their_predecessors_skip_checkpointing(tmp_path):
+    # The reference (Lslland/T-Vaccine trainer.py, unfreeze_activate_layers) trains exactly the drawn
+    # blocks; block i-1 only joins `activate_layers`, which exempts it from checkpointing.
+    model = _deep_llama()
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2))
+    t._planned_step = 0  # skip the probe and the draw: we choose the blocks
+    t.set_drawn([5, 20])
+
+    t.training_step(model, collate(rows(2, seed=10)))
+
+    with_gradient = {_block_of(n) for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
+    trainable = {_block_of(n) for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+    assert with_gradient == trainable == {5, 20}
+    blocks = find_decoder_blocks(model)
+    not_recomputed = {i for i, b in enumerate(blocks) if getattr(b, "safeft_checkpointed_calls", 0) == 0}
+    assert not_recomputed == {4, 5, 19, 20}
+
+
+def _attention(model):
+    return [layer.self_attn for layer in model.base_model.model.model.layers]  # Llama, written out
+
+
+def test_update_is_the_gradient_with_only_the_drawn_blocks_perturbed(tmp_path):
+    """Independent: G on the drawn attention outputs by retain_grad, eps = ρ G / ||G||, then autograd."""
+    rho, drawn = 3.0, [1, 3]
+    model = tiny()
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2, perturbation_radius=rho))
+    t._planned_step = 0
+    t.set_drawn(drawn)  # blocks 0 and 2 frozen; block 2's output still has a gradient (block 1 trains)
+    batch = collate(rows(4, seed=10))
+    attention = [_attention(model)[i] for i in drawn]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    outputs = []
+    handles = [m.register_forward_hook(lambda m, a, out: outputs.append(out[0])) for m in attention]
+    loss = model(**batch).loss
+    for h in outputs:
+        h.retain_grad()
+    loss.backward()
+    for h in handles:
+        h.remove()
+    G = [h.grad.detach().clone() for h in outputs]
+    model.zero_grad()
+    G_norm = torch.sqrt(sum((g**2).sum() for g in G))
+    eps = iter([rho * g / (G_norm + 1e-7) for g in G])
+    handles = [m.register_forward_hook(lambda m, a, out: (out[0] + next(eps), *out[1:])) for m in attention]
+    expected = torch.autograd.grad(model(**batch).loss, params)
+    for h in handles:
+        h.remove()
+
+    t.training_step(model, batch)
+
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, e, atol=1e-6, rtol=1e-4)
+
+
+def test_under_full_finetuning_tensors_outside_the_blocks_are_frozen_while_blocks_are_drawn(tmp_path):
+    model = tiny(full=True)
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=1))
+    t.set_drawn([2])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(_block_of(n) == 2 for n in trainable)  # embeddings, final norm: frozen

@@ -73,3 +73,4 @@ def test_cli_validate_reports_each_file(tmp_path, capsys):
     assert main(["validate", str(CONFIGS / "experiments" / "quickstart.yaml"), str(bad), str(missing)]) == 2
     out = capsys.readouterr().out
     assert "ok   " in out and "name: required" in out and "does not exist" in out
+    assert "grid: got {}, expected the axes of the experiment" in out

@@ -38,6 +38,12 @@ def _stage_parser(
         metavar="N",
         help="run on N data-parallel processes (re-launched with torchrun; for FSDP/DeepSpeed/multi-node use 'accelerate launch -m safeft.cli', see docs/distributed.md)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output (finished, of another config or another stage); "
+        "the old run stays intact until the new one is complete",
+    )
     config_cls.add_arguments(p)
     return p
 
@@ -83,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from safeft.stages.align import AlignConfig, run_align
 
-    run = run_align(_load_stage_config(AlignConfig, args))
+    run = run_align(_load_stage_config(AlignConfig, args), overwrite=args.overwrite)
     print(f"alignment run: {run.path}")
     return 0
 
@@ -91,7 +97,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from safeft.stages.finetune import FinetuneConfig, run_finetune
 
-    run = run_finetune(_load_stage_config(FinetuneConfig, args))
+    run = run_finetune(_load_stage_config(FinetuneConfig, args), overwrite=args.overwrite)
     print(f"fine-tuning run: {run.path}")
     return 0
 
@@ -101,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, run_evaluate
 
-    run = run_evaluate(_load_stage_config(EvaluateConfig, args))
+    run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite, strict=args.strict)
     print(EvaluationResult.from_metrics(read_json(run.path / "metrics.json")).summary())
     print(f"evaluation: {run.path}")
     return 0
@@ -116,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         output=args.output,
         num_processes=args.num_processes,
+        strict=args.strict,
     )
 
 
@@ -254,13 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
         "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
     ).set_defaults(func=cmd_finetune)
-    _stage_parser(
+    p = _stage_parser(
         sub,
         "evaluate",
         EvaluateConfig,
         "harmful score and task accuracy of a run or model",
         "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.",
-    ).set_defaults(func=cmd_evaluate)
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to score rows the model was trained on (alignment, attack or Lisa rows; the overlap "
+        "is checked and reported in metrics.json 'leaks' either way)",
+    )
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "run",
@@ -282,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="launch each training stage on N processes with Accelerate (gloo on CPU, NCCL on GPU)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="evaluations refuse to score rows their model was trained on (see 'safeft evaluate --strict')",
     )
     p.set_defaults(func=cmd_run)
 
@@ -384,6 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_numbers_attached(argv: list[str]) -> list[str]:
+    """`--opt -1e-3` -> `--opt=-1e-3`: argparse takes a value like -1e-3 for an option and stops.
+
+    The value then reaches the config's own check, which says what range the option accepts.
+    """
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-"):
+            try:
+                float(token)
+            except ValueError:
+                pass
+            else:
+                out[-1] = f"{out[-1]}={token}"
+                continue
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -395,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_negative_numbers_attached(argv))
+        if getattr(args, "num_processes", 1) < 1:
+            raise SafeftError(f"--num-processes: got {args.num_processes}, expected an integer >= 1")
         from safeft.launch import inside_launched_process, launch
 
         if (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -95,9 +96,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{key}: got {value!r}, expected a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{key}: got {value!r}, expected a number") from None
+        if not math.isfinite(number):  # NaN passes every range check; no option means inf
+            raise ValueError(f"{key}: got {value!r}, expected a finite number")
+        return number
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ValueError(f"{key}: got {value!r}, expected a string")
@@ -311,6 +315,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SafeftError(
+            f"config file {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

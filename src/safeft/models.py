@@ -280,6 +280,11 @@ class LoraSettings(Config):
         None, "module names to adapt; default: the attention q/k/v projections of the architecture"
     )
 
+    def check(self) -> list[str]:
+        if self.alpha == 0 and not self.full_finetune:
+            return ["alpha: got 0, expected a positive scale (the adapter's update is scaled by alpha/r)"]
+        return []
+
 
 def default_target_modules(model: Any) -> list[str]:
     return _QKV_BY_MODEL_TYPE.get(getattr(model.config, "model_type", ""), _DEFAULT_QKV)

@@ -82,6 +82,16 @@ def _read_json(path: Path, text: str) -> Iterator[tuple[int, Row]]:
 def _read_csv(path: Path, text: str) -> Iterator[tuple[int, Row]]:
     reader = csv.DictReader(text.splitlines(keepends=True))
     for row in reader:
+        if None in row.values() or None in row:  # fewer (or more) cells than the header has columns
+            missing = [k for k, v in row.items() if v is None and k is not None]
+            raise DataError(
+                f"the row has {len(reader.fieldnames or []) - len(missing) + len(row.get(None) or [])} cells, "
+                f"the header has {len(reader.fieldnames or [])} columns"
+                + (f"; no cell for {', '.join(map(repr, missing))}" if missing else ""),
+                path=str(path),
+                row=reader.line_num,
+                field=missing[0] if missing else None,
+            )
         # CSV cells are text: turn integer cells into ints so `label` columns validate like JSON.
         yield (
             reader.line_num,
@@ -92,7 +102,20 @@ def _read_csv(path: Path, text: str) -> Iterator[tuple[int, Row]]:
 def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
     from datasets import Dataset
 
-    for number, row in enumerate(Dataset.from_parquet(str(path)), start=1):
+    with open(path, "rb") as f:  # checked here: datasets would log its own error before raising
+        head = f.read(4)
+        f.seek(max(path.stat().st_size - 4, 0))
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        raise DataError("is not a parquet file (it lacks parquet's PAR1 markers)", path=str(path))
+    try:
+        rows = Dataset.from_parquet(str(path))
+    except Exception as e:  # pyarrow's errors for a file that is not parquet have no common base
+        raise DataError(
+            f"could not be read as parquet ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            path=str(path),
+        ) from None
+    for number, row in enumerate(rows, start=1):
         yield number, dict(row)
 
 
@@ -294,6 +317,50 @@ class HarmfulPool(Source):
         return out[:limit] if limit is not None else out
 
 
+def saferlhf_pairs(data_dir: str | Path | None = None) -> list[tuple[Record, Record]]:
+    """(safe, unsafe) answers to the same prompt from PKU-SafeRLHF's 2k subset, one pair per prompt.
+
+    The subset's 549 prompts each have both a safe and an unsafe answer (1 to 12 of each). A prompt
+    that is a harmful-score evaluation prompt (`beavertails-eval`) is left out (30 are); of each
+    prompt's answers the first safe one and the first unsafe one that is not one of the attack's
+    (prompt, response) pairs are kept, in file order (one prompt has no other unsafe answer: 518
+    pairs). Texts are compared after `normalize_text`.
+    """
+    eval_prompts = {normalize_text(r.instruction) for r in SOURCES["beavertails-eval"].load(data_dir)}
+    attack_pairs = {
+        (normalize_text(r.instruction), normalize_text(r.output))
+        for r in SOURCES["beavertails-attack"].load(data_dir)
+    }
+    first: dict[str, dict[bool, Record]] = {}
+    for r in SOURCES["pku-saferlhf"].load(data_dir):
+        prompt = normalize_text(r.instruction)
+        if prompt in eval_prompts or (prompt, normalize_text(r.output)) in attack_pairs:
+            continue
+        first.setdefault(prompt, {}).setdefault(bool(r.is_safe), r)
+    return [(answers[True], answers[False]) for answers in first.values() if len(answers) == 2]
+
+
+@dataclass(frozen=True)
+class PairedSafeRLHF(Source):
+    """One side of `saferlhf_pairs`: the safe answers (alignment rows) or the unsafe ones (harmful rows).
+
+    Row k of the safe side and row k of the unsafe side share their prompt, so `pair_by_prompt`
+    joins them; `meta["pair"]` is k.
+    """
+
+    safe_side: bool = True
+
+    def load(
+        self, data_dir: str | Path | None = None, split: str | None = None, limit: int | None = None
+    ) -> list[Record]:
+        self.check_split(split)
+        out = []
+        for k, pair in enumerate(saferlhf_pairs(data_dir)):
+            r = pair[0] if self.safe_side else pair[1]
+            out.append(Record(r.instruction, r.input, r.output, {**r.meta, "source": self.name, "pair": k}))
+        return out[:limit] if limit is not None else out
+
+
 def _qa(row: Row) -> Record:
     """A harmful (or labelled) QA pair: instruction = prompt, output = response."""
     return Record(row["prompt"], "", row.get("response") or "")
@@ -373,6 +440,22 @@ SOURCES: dict[str, Source] = {
             {"train": "pku_saferlhf/test_subset_2k.jsonl + beavertails/30k_test.jsonl"},
             {},
             _qa,
+        ),
+        PairedSafeRLHF(
+            "pku-paired-safe",
+            "alignment rows paired by prompt with pku-paired-unsafe: PKU-SafeRLHF prompts -> a safe answer (518)",
+            {"train": "pku_saferlhf/test_subset_2k.jsonl"},
+            {},
+            _qa,
+            safe_side=True,
+        ),
+        PairedSafeRLHF(
+            "pku-paired-unsafe",
+            "harmful rows paired by prompt with pku-paired-safe: the same prompts -> an unsafe answer (518)",
+            {"train": "pku_saferlhf/test_subset_2k.jsonl"},
+            {},
+            _qa,
+            safe_side=False,
         ),
         Source(
             "pku-saferlhf",
@@ -507,7 +590,7 @@ def _load_file(path: Path, as_source: str | None, limit: int | None) -> list[Rec
         if as_source not in SOURCES:
             raise unknown_name("data source", as_source, SOURCES)
         schema = SOURCES[as_source]
-        if isinstance(schema, HarmfulPool):
+        if isinstance(schema, (HarmfulPool, PairedSafeRLHF)):
             schema = GENERIC_QA
     else:
         schema = _detect_schema(path)
@@ -581,3 +664,29 @@ def training_rows(name_or_path: str, n: int, what: str, data_dir: str | Path | N
     return with_responses(
         take(load_source(name_or_path, data_dir=data_dir), n, f"{what} from {name_or_path}"), what
     )
+
+
+def pair_by_prompt(alignment: list[Record], harmful: list[Record]) -> list[Record]:
+    """For each alignment row, the first harmful row with the same prompt (its partner), in order.
+
+    Prompts are compared after `normalize_text`. An alignment row whose prompt no harmful row has is
+    an error naming its file, row and field.
+    """
+    partners: dict[str, Record] = {}
+    for r in harmful:
+        partners.setdefault(normalize_text(r.instruction), r)
+    out = []
+    for r in alignment:
+        partner = partners.get(normalize_text(r.instruction))
+        if partner is None:
+            where = harmful[0].meta.get("path", "the harmful data") if harmful else "the harmful data"
+            raise DataError(
+                f"pair_by_prompt: no harmful row has this alignment row's prompt {r.instruction!r:.80} "
+                f"(searched {len(harmful)} rows of {where}). Give harmful data with a partner for every "
+                "alignment prompt (e.g. pku-paired-safe with pku-paired-unsafe), or turn pair_by_prompt off",
+                path=r.meta.get("path"),
+                row=r.meta.get("row"),
+                field="instruction",
+            )
+        out.append(partner)
+    return out

@@ -19,6 +19,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -154,15 +155,57 @@ class AlignmentTrainer(Trainer):
         dataset = self.harmful_dataset if which == "harmful" else self.alignment_dataset
         if dataset is None:
             raise SafeftError(f"{type(self).__name__} needs {which} rows but none were given")
+        rows = [dataset[i] for i in self._stream(which, len(dataset), batch_size).next()]
+        return self._prepare_inputs(self.data_collator(rows))
+
+    def _stream(self, which: str, n_rows: int, batch_size: int) -> _IndexStream:
         stream = self._streams.get(which)
         if stream is None or stream.batch_size != batch_size:
             seed = self.args.seed + zlib.crc32(which.encode()) % 10_000
-            stream = _IndexStream(
-                len(dataset), batch_size, seed, self.args.process_index, self.args.world_size
-            )
+            stream = _IndexStream(n_rows, batch_size, seed, self.args.process_index, self.args.world_size)
             self._streams[which] = stream
-        rows = [dataset[i] for i in stream.next()]
-        return self._prepare_inputs(self.data_collator(rows))
+        return stream
+
+    # ----- exact resume ---------------------------------------------------------------------------
+    # Trainer checkpoints the weights, the optimizer, the scheduler, the data order and the RNG
+    # states. A method's own state rides along in the same checkpoint, so that a resumed run takes
+    # bitwise the steps the uninterrupted run would have taken: the position of each extra batch
+    # stream (else Booster's harmful batches restart at batch 0) and what `method_state` returns.
+
+    def method_state(self) -> dict[str, Any]:
+        """What the method carries from one step to the next beyond weights and optimizer (override)."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Restore what `method_state` returned (called just before the first resumed step)."""
+
+    def _method_state_file(self, checkpoint: str) -> Path:
+        return Path(checkpoint) / f"safeft_method_state_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        streams = {
+            which: {"rows": s.n, "batch_size": s.batch_size, "batches_drawn": s.batches_drawn}
+            for which, s in self._streams.items()
+        }
+        torch.save({"streams": streams, "method": self.method_state()}, self._method_state_file(output_dir))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        # Trainer calls this once on resuming, right before the first resumed step (after the
+        # optimizer exists, so a method may change which tensors train).
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._method_state_file(checkpoint)
+        if not path.is_file():
+            raise SafeftError(
+                f"checkpoint {checkpoint} has no {path.name}: it was written by an older safeft or another "
+                "program, and resuming from it would not continue the same run. Rerun with --overwrite."
+            )
+        state = torch.load(path, weights_only=True)
+        for which, s in state["streams"].items():
+            self._stream(which, s["rows"], s["batch_size"]).batches_drawn = s["batches_drawn"]
+        self.load_method_state(state["method"])
 
     # ----- losses ---------------------------------------------------------------------------------
     def lm_loss(

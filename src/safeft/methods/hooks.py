@@ -70,6 +70,36 @@ def find_attention(block: nn.Module) -> nn.Module:
     return max(candidates, key=lambda item: _param_count(item[1]))[1]
 
 
+def find_mlp(block: nn.Module) -> nn.Module:
+    """The feed-forward submodule of one decoder block (a direct child named like *mlp*/*feed_forward*/*ffn*)."""
+    for name, child in block.named_children():
+        if any(w in name.lower() for w in ("mlp", "feed_forward", "ffn")):
+            return child
+    names = ", ".join(name for name, _ in block.named_children())
+    raise ValueError(
+        f"{type(block).__name__} has no child module named like 'mlp', 'feed_forward' or 'ffn' (children: {names}); "
+        "RepNoise needs each block's MLP output"
+    )
+
+
+def find_final_norm(model: nn.Module) -> nn.Module:
+    """The normalisation applied after the last decoder block: the norm beside the blocks' list.
+
+    `model.norm` in Llama/Qwen2/Mistral/Gemma, `transformer.ln_f` in GPT-2, `gpt_neox.final_layer_norm`.
+    """
+    blocks = find_decoder_blocks(model)
+    for module in model.modules():
+        if any(child is blocks for child in module.children()):
+            norms = [c for c in module.children() if "norm" in type(c).__name__.lower()]
+            if len(norms) == 1:
+                return norms[0]
+            break
+    raise ValueError(
+        f"found no single normalisation module beside the decoder blocks of {type(model).__name__}; "
+        "RepNoise applies it to every hidden state"
+    )
+
+
 def hook_points(model: nn.Module, point: str = "attention") -> list[nn.Module]:
     """One module per decoder block whose output is `h_l`: the attention module or the whole block."""
     if point not in HOOK_POINTS:

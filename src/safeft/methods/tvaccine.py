@@ -20,7 +20,8 @@ from safeft.methods.hooks import (
 )
 from safeft.methods.vaccine import perturbation_aware_gradient, squared_norm_reducer
 
-# The reference also trains block i-1 with each drawn block i on models deeper than this.
+# On models deeper than this the reference also runs block i-1 of each drawn block i without
+# activation checkpointing (it is neither trained nor perturbed).
 DEEP_MODEL_BLOCKS = 26
 
 
@@ -49,7 +50,8 @@ class TVaccineConfig(MethodConfig):
     )
     activate_previous_block: bool = option(
         True,
-        f"on models deeper than {DEEP_MODEL_BLOCKS} blocks also train block i-1 with each drawn block i (reference)",
+        f"on models deeper than {DEEP_MODEL_BLOCKS} blocks also run block i-1 of each drawn block i without "
+        "activation checkpointing (reference; block i-1 is not trained)",
     )
     hook_point: str = option("attention", "where h_l is taken in each block", choices=HOOK_POINTS)
     perturbation_norm: str = option(
@@ -82,7 +84,8 @@ class TVaccineTrainer(AlignmentTrainer):
     Fine-Tuning via Layer-wise Perturbation", 2024 (arXiv:2410.09760). Blocks whose hidden output
     reacts most to harmful data (gradient norm on a harmful probe) are drawn more often; only their
     adapters train and only their hidden outputs are perturbed. Undrawn blocks run under activation
-    checkpointing and keep no hidden-gradient buffers, which is where the memory saving comes from.
+    checkpointing and keep no hidden-gradient buffers, which is where the memory saving comes from
+    (on deep models the block before each drawn block is not checkpointed either, as in the reference).
     Trainable tensors outside the blocks (full fine-tuning) are frozen while any blocks are drawn.
     """
 
@@ -96,8 +99,10 @@ class TVaccineTrainer(AlignmentTrainer):
         ids = [{id(p) for p in b.parameters()} for b in self.blocks]
         self.block_params = [[p for p in self.trainable if id(p) in s] for s in ids]
         self.q = torch.full((len(self.blocks),), 1.0 / len(self.blocks))
-        self.drawn: list[int] = list(range(len(self.blocks)))  # blocks perturbed
-        self.active: list[int] = list(range(len(self.blocks)))  # blocks trained (drawn + predecessors)
+        self.drawn: list[int] = list(range(len(self.blocks)))  # blocks trained and perturbed
+        self.uncheckpointed: list[int] = list(
+            range(len(self.blocks))
+        )  # drawn (+ predecessors on deep models)
         self._planned_step = -1
 
     def training_step(
@@ -108,7 +113,7 @@ class TVaccineTrainer(AlignmentTrainer):
         cfg = self.method_config
         step = self.state.global_step
         if step != self._planned_step:  # once per optimizer step (first micro-batch)
-            # The first step of a run (also after resuming) measures and draws whatever the step.
+            # The first step of a run measures and draws whatever the step.
             first, self._planned_step = self._planned_step < 0, step
             # 1. Every K steps: q_l = ||G_l|| / sum ||G||, measured on a harmful probe batch.
             if first or step % cfg.probability_steps == 0:
@@ -124,8 +129,8 @@ class TVaccineTrainer(AlignmentTrainer):
 
         # 3. Vaccine's two-pass step, perturbing only the drawn blocks (norm over them only);
         #    undrawn blocks recompute their activations in backward.
-        undrawn = [b for i, b in enumerate(self.blocks) if i not in self.active]
-        with self.own_gradient(), checkpointed(undrawn):
+        recomputed = [b for i, b in enumerate(self.blocks) if i not in self.uncheckpointed]
+        with self.own_gradient(), checkpointed(recomputed):
             result = perturbation_aware_gradient(
                 self,
                 model,
@@ -138,6 +143,14 @@ class TVaccineTrainer(AlignmentTrainer):
         self.record("tvaccine/loss_after", result.loss_after)
         self.record("tvaccine/perturbation_norm", result.perturbation_norm)
         return self.reported(result.loss_after)
+
+    def method_state(self) -> dict[str, Any]:
+        return {"q": self.q, "drawn": self.drawn, "planned_step": self._planned_step}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        # Resumed, the next step measures and draws only when the uninterrupted run would have.
+        self.q, self._planned_step = state["q"], state["planned_step"]
+        self.set_drawn(state["drawn"])
 
     def probe_hidden_grad_norms(self, model: nn.Module) -> torch.Tensor:
         """n_l = ||dL_h/dh_l|| for every block, on one harmful batch (averaged over processes)."""
@@ -154,21 +167,26 @@ class TVaccineTrainer(AlignmentTrainer):
         return norms.cpu()
 
     def set_drawn(self, drawn: list[int]) -> None:
-        """Make only the drawn blocks' (and, on deep models, their predecessors') tensors trainable."""
-        active = set(drawn)
-        if self.method_config.activate_previous_block and len(self.blocks) > DEEP_MODEL_BLOCKS:
-            active |= {i - 1 for i in drawn if i > 0}
-        self.drawn, self.active = sorted(drawn), sorted(active)
-        self._set_requires_grad(active)
+        """Make only the drawn blocks' tensors trainable; choose the blocks that skip checkpointing.
 
-    def _set_requires_grad(self, active: set[int]) -> None:
+        The reference (`unfreeze_activate_layers`) trains the drawn blocks only. On deep models its
+        `activate_layers` adds block i-1 of each drawn block i, which only exempts it from
+        activation checkpointing (its patched modeling file reads nothing else from that list).
+        """
+        stored = set(drawn)
+        if self.method_config.activate_previous_block and len(self.blocks) > DEEP_MODEL_BLOCKS:
+            stored |= {i - 1 for i in drawn if i > 0}
+        self.drawn, self.uncheckpointed = sorted(drawn), sorted(stored)
+        self._set_requires_grad(set(drawn))
+
+    def _set_requires_grad(self, trained: set[int]) -> None:
         in_blocks = {id(p) for params in self.block_params for p in params}
         for p in self.trainable:
             if id(p) not in in_blocks:
                 p.requires_grad_(False)
         for i, params in enumerate(self.block_params):
             for p in params:
-                p.requires_grad_(i in active)
+                p.requires_grad_(i in trained)
         for p in self.trainable:
             if not p.requires_grad:
                 p.grad = None  # None, not zero: AdamW then skips the tensor (no decay, no moment update)

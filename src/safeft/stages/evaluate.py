@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from safeft.config import Config, option
+from safeft.data.leaks import compare, report_leaks
+from safeft.data.records import Record
 from safeft.data.sources import load_source, take
 from safeft.data.tasks import TASKS, get_task
 from safeft.data.templates import TEMPLATES
@@ -69,21 +72,64 @@ class EvaluateConfig(Config):
         return problems
 
 
-def run_evaluate(cfg: EvaluateConfig) -> RunDir:
+def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[[], list]]]:
+    """(description, loader) of every set of rows the model of `run` was trained on, back to its alignment."""
+    from safeft.config import read_yaml
+    from safeft.data.sources import read_rows
+
+    out: list[tuple[str, Callable[[], list]]] = []
+    seen: set[Path] = set()
+    current: RunDir | None = run
+    while current is not None and current.path.resolve() not in seen:
+        seen.add(current.path.resolve())
+        config = read_yaml(current.path / "config.yaml")
+        where = config.get("data_dir") or data_dir
+        stage = current.manifest.get("stage")
+        if stage == "finetune":
+            mix = current.path / "mix.jsonl"
+            out.append(
+                (
+                    f"attack rows of {current.path}",
+                    lambda mix=mix: [
+                        Record(r["instruction"], r.get("input", ""), r["output"]) for _, r in read_rows(mix)
+                    ],
+                )
+            )
+        if stage == "align" or (stage == "finetune" and config.get("method") == "lisa"):
+            source, n = config["alignment_data"], config["alignment_samples"]
+            out.append(
+                (
+                    f"alignment rows of {current.path}",
+                    lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n],
+                )
+            )
+        parent = current.manifest.get("parent")
+        current = RunDir.open(parent) if parent and (Path(parent) / "manifest.json").is_file() else None
+    return out
+
+
+def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool = False) -> RunDir:
+    """Evaluate a run's model (or a bare model) into `cfg.output`; `overwrite` replaces an evaluation there.
+
+    `strict` refuses to score rows the model was trained on (see `safeft.data.leaks`).
+    """
     out = RunDir(Path(cfg.output))
-    if out.is_done_for(cfg):
+    if not overwrite and out.is_done_for(cfg):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
-    parent = RunDir.open(cfg.run) if cfg.run else None
+    parent = RunDir.open(cfg.run, stages=("align", "finetune")) if cfg.run else None
     if parent and parent.manifest.get("status") != "done":
         raise SafeftError(f"run {parent.path} is not finished (status {parent.manifest.get('status')!r})")
     with stage_run(
         cfg.output,
         "evaluate",
         cfg,
+        overwrite=overwrite,
         parent=str(parent.path.resolve()) if parent else None,
         base_model=parent.manifest["base_model"] if parent else cfg.model,
     ) as out:
+        if out.reused:
+            return out
         t0 = time.perf_counter()
         if parent:
             model, tok = load_weights_chain(
@@ -108,6 +154,12 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
             task_records = get_task(cfg.task).load_eval(cfg.task_data, data_dir=cfg.data_dir)[
                 : cfg.task_limit
             ]
+        leaks = []
+        for trained, load in trained_rows(parent, cfg.data_dir) if parent else []:
+            leaks.append(compare(trained, load, "harmful evaluation prompts", prompts))
+            if task_records:
+                leaks.append(compare(trained, load, f"{cfg.task} evaluation rows", task_records))
+        report_leaks(leaks, strict)
         # Under torchrun / accelerate launch: one device per process; prompts are split across processes.
         state = distributed_state()
         model.to(state.device, getattr(torch, cfg.dtype))
@@ -135,6 +187,7 @@ def run_evaluate(cfg: EvaluateConfig) -> RunDir:
                 judge_version=judge.version,
                 run=cfg.run,
                 model=cfg.model,
+                leaks=[leak.as_dict() for leak in leaks],
                 decoding={
                     "greedy": True,
                     "dtype": cfg.dtype,

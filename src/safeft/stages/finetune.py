@@ -17,7 +17,13 @@ from safeft.io import write_jsonl
 from safeft.methods import METHODS, get_method, method_names
 from safeft.models import attach_lora, load_weights_chain
 from safeft.stages.runs import RunDir, is_main_process, stage_run
-from safeft.stages.training import TrainingStageConfig, TrainSettings, train_and_save
+from safeft.stages.training import (
+    TrainingStageConfig,
+    TrainSettings,
+    encode_rows,
+    seed_everything,
+    train_and_save,
+)
 
 log = logging.getLogger("safeft")
 
@@ -82,7 +88,7 @@ def resolve_parent(cfg: FinetuneConfig) -> tuple[str, list[dict[str, str]], str,
     """(base model, weights chain, adapter mode, parent manifest) of what the attack starts from."""
     if cfg.model:
         return cfg.model, [], "new", None
-    parent = RunDir.open(cfg.from_run)  # type: ignore[arg-type]
+    parent = RunDir.open(cfg.from_run, stages=("align", "finetune"))  # type: ignore[arg-type]
     if parent.manifest.get("status") != "done":
         raise SafeftError(
             f"alignment run {parent.path} is not finished (status {parent.manifest.get('status')!r}); rerun 'safeft align' on it first"
@@ -105,10 +111,11 @@ def _alignment_harmful_pool(parent: RunDir | None, data_dir: str | None) -> list
     return load_source(align_cfg["harmful_data"], data_dir=data_dir)[: align_cfg["harmful_samples"]]
 
 
-def run_finetune(cfg: FinetuneConfig) -> RunDir:
+def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
+    """Fine-tune (attack) into the run folder `cfg.output`; `overwrite` replaces a run already there."""
     spec = get_method(cfg.method)
     run = RunDir(Path(cfg.output))
-    if run.is_done_for(cfg):
+    if not overwrite and run.is_done_for(cfg):
         log.info("fine-tuning run %s is already done; reusing it", run.path)
         return RunDir.open(run.path)
     base, chain, mode, parent = resolve_parent(cfg)
@@ -120,13 +127,17 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         cfg.output,
         "finetune",
         cfg,
+        overwrite=overwrite,
         method=cfg.method,
         base_model=base,
         parent=str(Path(cfg.from_run).resolve()) if cfg.from_run else None,
         adapter_mode=mode,
         alignment_method=parent.manifest.get("method") if parent else None,
     ) as run:
+        if run.reused:
+            return run
         started = time.perf_counter()
+        seed_everything(cfg.train.seed)  # before the model and its adapter are built
         task = get_task(cfg.task)
         benign = task.load_train(cfg.task_data, data_dir=cfg.data_dir)
         harmful = with_responses(
@@ -165,23 +176,22 @@ def run_finetune(cfg: FinetuneConfig) -> RunDir:
         )
         if mode == "new":
             model = attach_lora(model, cfg.lora)
-        alignment = (
-            training_rows(
+        alignment_ds = None
+        if spec.needs_alignment:
+            alignment = training_rows(
                 cfg.alignment_data, cfg.alignment_samples, f"{cfg.method}'s alignment rows", cfg.data_dir
             )
-            if spec.needs_alignment
-            else None
-        )
+            alignment_ds = encode_rows(alignment, tok, cfg.max_length, cfg.template)
         train_and_save(
             run,
             cfg,
             model,
             tok,
-            mix,
+            encode_rows(mix, tok, cfg.max_length, cfg.template),
             started=started,
             # continue: the trained adapter replaces the alignment adapter it started from
             weights_before=chain[:-1] if mode == "continue" else chain,
             metrics={"adapter_mode": mode, "mix": report.as_dict()},
-            alignment_rows=alignment,
+            alignment_rows=alignment_ds,
         )
     return RunDir.open(run.path)

@@ -15,8 +15,16 @@ matches: everything else is rerun (resuming from the newest complete checkpoint)
 The fingerprint covers exactly what can change a stage's result: every config field except those
 declared with `fingerprint=False` (output, data and cache folders, logging, checkpointing, the
 progress bar), and of the `methods` section only the chosen method's own settings. Manifests
-written before this rule (no `fingerprint_version`) carry a hash of the whole config; such a run
-still counts as finished when its saved config.yaml has today's fingerprint (`is_done_for`).
+written before this rule (no `fingerprint_version`) carry a hash of more of the config; such a run
+still counts as the same config when its saved config.yaml has today's fingerprint (`has_fingerprint_of`).
+
+What safeft writes into (`stage_run`): a folder it creates, an empty folder, or a run folder of the
+same stage (its manifest marks it as safeft's own) that is unfinished and was started with the same
+config. Anything else is refused with a message before a byte is written: a folder of the user's, a
+run of another stage, a finished run of another config, a checkpoint of another config. With
+`overwrite` a run folder is replaced, and only once the new run is complete: it is built beside the
+old one, which stays untouched if the new one fails. Two processes never work in one run folder at
+once: the folder's lock (`run_lock`) is held for the whole stage.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import SoftFileLock, Timeout
 
 from safeft.config import Config, read_yaml
 from safeft.errors import SafeftError
@@ -70,7 +79,7 @@ def git_revision() -> str | None:
         return None
 
 
-FINGERPRINT_VERSION = 2  # 1 (no version in the manifest): a hash of the whole config but `output`
+FINGERPRINT_VERSION = 2  # none in the manifest: a hash of the whole config (but `output`)
 
 
 def config_fingerprint(config: Config) -> str:
@@ -93,7 +102,7 @@ def saved_config_fingerprint(
             if isinstance(data.get(key), str) and moved and data[key] in moved:
                 data[key] = moved[data[key]]
         return config_fingerprint(config_cls.from_dict(data, source=str(path / "config.yaml")))
-    except (SafeftError, OSError):  # ConfigError is a SafeftError: a field was removed or renamed since
+    except (SafeftError, OSError):  # incl. ConfigError: a field was removed or renamed since
         return None
 
 
@@ -102,23 +111,55 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every key whose value differs (nested sections as 'train.learning_rate')."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if f"{prefix}{key}" in NOT_RESULT_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# Config keys that do not change what a run computes: a run may be resumed under other values of them.
+NOT_RESULT_KEYS = {"output", "train.progress"}
+
+
 @dataclass
 class RunDir:
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    # Where the run will live once complete: `path` itself, or the folder it replaces (overwrite).
+    final_path: Path | None = None
+    reused: bool = False  # a finished run of the same config: nothing to do
+
+    def final(self, name: str = "") -> Path:
+        """The absolute path of `name` inside the run once it is in place (weights paths in manifests)."""
+        return ((self.final_path or self.path) / name).resolve()
 
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
 
     @classmethod
-    def open(cls, path: str | Path) -> RunDir:
+    def open(cls, path: str | Path, stages: tuple[str, ...] | None = None) -> RunDir:
+        """An existing run directory; with `stages`, one of those stages (e.g. a run that has weights)."""
         path = Path(path)
         if not (path / "manifest.json").is_file():
             raise SafeftError(
                 f"{path} is not a safeft run directory (no manifest.json). Pass the --output folder of an earlier 'safeft align' or 'safeft finetune'."
             )
-        return cls(path, read_json(path / "manifest.json"))
+        run = cls(path, read_json(path / "manifest.json"))
+        if stages and run.manifest.get("stage") not in stages:
+            raise SafeftError(
+                f"{path} is a {run.manifest.get('stage')} run, which has no model of its own; expected the "
+                f"folder of a {' or '.join(repr(s) for s in stages)} run (its weights are what is loaded)."
+            )
+        return run
 
     def is_done(self, fingerprint: str | None = None) -> bool:
         if not self.manifest_path.is_file():
@@ -126,18 +167,25 @@ class RunDir:
         m = read_json(self.manifest_path)
         return m.get("status") == "done" and (fingerprint is None or m.get("fingerprint") == fingerprint)
 
-    def is_done_for(self, config: Config, moved: dict[str, str] | None = None) -> bool:
-        """Finished with a config of the same fingerprint, under today's rule or (older runs) by its saved config."""
-        if not self.is_done():
+    def has_fingerprint_of(self, config: Config, moved: dict[str, str] | None = None) -> bool:
+        """Started with a config of the same fingerprint: under today's rule, or (a manifest older
+        than it) judged by the config.yaml it saved."""
+        if not self.manifest_path.is_file():
             return False
+        manifest = read_json(self.manifest_path)
         fingerprint = config_fingerprint(config)
-        if self.manifest_fingerprint() == fingerprint:
+        if manifest.get("fingerprint") == fingerprint:
             return True
-        legacy = read_json(self.manifest_path).get("fingerprint_version") is None
+        legacy = manifest.get("fingerprint_version") is None
         return legacy and saved_config_fingerprint(self.path, type(config), moved) == fingerprint
 
-    def manifest_fingerprint(self) -> str | None:
-        return read_json(self.manifest_path).get("fingerprint") if self.manifest_path.is_file() else None
+    def is_done_for(self, config: Config, moved: dict[str, str] | None = None) -> bool:
+        """Finished with a config of the same fingerprint (`has_fingerprint_of`)."""
+        return self.is_done() and self.has_fingerprint_of(config, moved)
+
+    def mark_reused(self) -> RunDir:
+        self.reused = True
+        return self
 
     def write_manifest(self, **updates: Any) -> None:
         self.manifest.update(updates)
@@ -156,11 +204,12 @@ class RunDir:
 
 
 def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> RunDir:
-    """Create (or re-open for resumption) a stage's folder and record what is about to run."""
+    """Create (or re-open for resumption) a stage's folder and record what is about to run.
+
+    The manifest is written first: it is the mark that makes the folder safeft's own.
+    """
     run = RunDir(Path(path))
     run.path.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        config.save(run.path / "config.yaml")
     run.write_manifest(
         stage=stage,
         status="running",
@@ -172,7 +221,122 @@ def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> 
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
         **manifest,
     )
+    if is_main_process():
+        config.save(run.path / "config.yaml")
     return run
+
+
+# ----- what a stage may write into -----------------------------------------------------------------
+
+
+def lock_path(path: Path) -> Path:
+    """The lock of a run folder: a file beside it, so it can be taken before the folder exists."""
+    return path.parent / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Hold the run folder's lock for the block, or fail at once if another process holds it.
+
+    A `filelock.SoftFileLock`: the lock file is created exclusively (which works on shared file
+    systems too) and records the holder's pid and host. A lock left by a process that has died on
+    this host is stale and taken over; one held from another host must be removed by hand once
+    that process is known to be gone (the message says which file).
+    """
+    path = Path(path)
+    lock = SoftFileLock(str(lock_path(path)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _lock_holder(lock_path(path))
+        raise SafeftError(
+            f"{path} is in use by another safeft process ({holder}): two commands must not run the same "
+            f"stage at once. Wait for it to finish, then rerun to reuse its result. If that process no longer "
+            f"exists (it ran on another machine), delete {lock_path(path)}."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _lock_holder(lock_file: Path) -> str:
+    try:
+        pid, host = lock_file.read_text().split("\n")[:2]
+        return f"pid {int(pid)} on {host}"
+    except (OSError, ValueError):
+        return "holder unknown"
+
+
+def _check_writable_location(path: Path) -> None:
+    """An output path safeft can make a folder at: not a file, not a dangling link, in a writable place."""
+    if path.is_symlink() and not path.exists():
+        raise SafeftError(
+            f"output {path} is a symbolic link to {os.readlink(path)}, which does not exist. Create the "
+            "target folder, or pass another --output."
+        )
+    if path.exists() and not path.is_dir():
+        raise SafeftError(f"output {path} is an existing file, not a folder. Pass a folder path as --output.")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise SafeftError(f"output {path}: {parent} is a file, so no folder can be made under it.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SafeftError(
+            f"output {path}: no permission to write in {parent}. Pass an --output in a folder you can write to."
+        )
+
+
+def _claim(path: Path, stage: str, config: Config, overwrite: bool) -> str:
+    """What to do with the output folder: 'new', 'reuse', 'resume' or 'replace'; SafeftError when refused."""
+    if not path.exists() or not any(path.iterdir()):
+        return "new"
+    manifest_file = path / "manifest.json"
+    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    if not isinstance(manifest, dict) or "stage" not in manifest:
+        raise SafeftError(
+            f"output {path} is a folder that is not empty and was not made by safeft (no run manifest). "
+            "safeft writes only into empty folders and its own runs, and never deletes what it did not "
+            "make: pass another --output."
+        )
+    what = f"{manifest['stage']} run" + (" (finished)" if manifest.get("status") == "done" else "")
+    if overwrite:
+        return "replace"
+    if manifest["stage"] != stage:
+        raise SafeftError(
+            f"output {path} holds a safeft {what}, not a {stage} run. Pass another --output, or --overwrite to replace it."
+        )
+    same = RunDir(path).has_fingerprint_of(config)
+    if manifest.get("status") == "done":
+        if same:
+            return "reuse"
+        raise SafeftError(
+            f"output {path} holds a finished {stage} run of another configuration ({_differences(path, config)}). "
+            "safeft does not write over a finished run: pass another --output, or --overwrite to replace it."
+        )
+    if not same and RunDir(path).latest_checkpoint():
+        raise SafeftError(
+            f"output {path} holds an interrupted {stage} run with a checkpoint written under another "
+            f"configuration ({_differences(path, config)}); resuming it would continue that run, not this "
+            "one. Rerun with that configuration to finish it, pass another --output, or --overwrite."
+        )
+    return "resume"
+
+
+def _differences(path: Path, config: Config) -> str:
+    try:
+        diff = config_differences(read_yaml(path / "config.yaml"), config.to_dict())
+    except SafeftError:
+        return "its config.yaml is missing"
+    return "differing keys: " + "; ".join(diff) if diff else "a different safeft version"
+
+
+def _replace_folder(old: Path, new: Path) -> None:
+    """Put the complete run `new` in the place of `old`: the old run is removed only after the move."""
+    aside = old.parent / f".{old.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(old, aside)
+    os.replace(new, old)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -195,23 +359,73 @@ def log_to_file(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stage_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> Iterator[RunDir]:
-    """`start_run` and the run's log file for the block; bad input leaves no half-made folder behind.
+def stage_run(
+    path: str | Path, stage: str, config: Config, *, overwrite: bool = False, **manifest: Any
+) -> Iterator[RunDir]:
+    """Claim the output folder (locked for the block), start or resume the run, and log to its log.txt.
 
-    When the block fails with a `SafeftError` (a missing file, a bad row, an unknown model) in a
-    folder this call created and no checkpoint was written yet, the folder is removed: the user
+    Yields a `RunDir` with `reused` set when the folder already holds this run, finished: the
+    caller returns it as is. Refused folders raise `SafeftError` before anything is written (see the
+    module docstring). When the block fails with a `SafeftError` (a missing file, a bad row, an
+    unknown model) before any checkpoint was written, a folder this call created is removed: the user
     fixes the input and reruns, and no run directory without results is ever left to mislead.
-    Anything else (a crash, Ctrl-C, a kill) keeps the folder so that a rerun resumes it.
+    Anything else (a crash, Ctrl-C, a kill) keeps the folder so that a rerun resumes it. With
+    `overwrite`, a run already there is replaced only once the new one is complete.
     """
-    created = not Path(path).exists()
-    run = start_run(path, stage, config, **manifest)
+    final = Path(path)
+    if not is_main_process():  # rank 0 has claimed the folder; the others work where it works
+        work = final.parent / f".{final.name}.new" if overwrite and final.exists() else final
+        yield RunDir(work, final_path=final)
+        return
+    _check_writable_location(final)
+    missing = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
+    final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with log_to_file(run.path / "log.txt"):
-            yield run
+        with run_lock(final):
+            action = _claim(final, stage, config, overwrite)
+            if action == "reuse":
+                yield RunDir.open(final).mark_reused()
+                return
+            work = final.parent / f".{final.name}.new" if action == "replace" else final
+            if action == "replace" and work.exists() and _claim_or_none(work, stage, config) != "resume":
+                shutil.rmtree(work)  # an earlier replacement under another config: ours, of no use now
+            existed = work.exists()
+            fresh = not existed or not any(work.iterdir())
+            run = start_run(work, stage, config, **manifest)
+            run.final_path = final
+            try:
+                with log_to_file(run.path / "log.txt"):
+                    yield run
+            except SafeftError:
+                if fresh and run.latest_checkpoint() is None:
+                    _remove_made(run.path, keep_folder=existed)
+                raise
+            if work != final and run.is_done():
+                _replace_folder(final, work)
+                run.path, run.manifest = final, read_json(final / "manifest.json")
+    finally:
+        for folder in missing:  # parents this call made, if they stayed empty (rmdir refuses otherwise)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _remove_made(path: Path, keep_folder: bool) -> None:
+    """Remove what a failed start wrote: the folder, or only its contents if it was there (empty) before."""
+    if not keep_folder:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _claim_or_none(path: Path, stage: str, config: Config) -> str | None:
+    try:
+        return _claim(path, stage, config, overwrite=False)
     except SafeftError:
-        if created and is_main_process() and run.latest_checkpoint() is None:
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
+        return None
 
 
 def _rss_bytes() -> int:

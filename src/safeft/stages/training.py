@@ -50,6 +50,16 @@ class TrainSettings(Config):
     )
     progress: bool = option(True, "show a progress bar with ETA", fingerprint=False)
 
+    def check(self) -> list[str]:
+        problems = []
+        if self.learning_rate == 0:
+            problems.append("learning_rate: got 0, expected a positive rate (0 trains nothing)")
+        if self.max_steps == 0:
+            problems.append("max_steps: got 0, expected -1 (run all epochs) or at least 1 step")
+        if self.max_steps == -1 and self.epochs == 0:
+            problems.append("epochs: got 0 with max_steps -1, expected a positive number of passes")
+        return problems
+
 
 # One section per method in the YAML file and on the command line (`--methods.booster.harmful-weight 5`).
 MethodOptions = dataclasses.make_dataclass(
@@ -103,6 +113,19 @@ class TrainingStageConfig(Config):
 
 def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
     return [encode(r, tokenizer, max_length, template=template) for r in records]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch before a stage builds anything.
+
+    Trainer seeds only in its constructor, after the model and the LoRA adapter exist; the adapter's
+    initialisation (and anything else drawn before) would otherwise depend on whatever ran earlier in
+    the process. Called first thing in every training stage, so a stage's result is a function of
+    its config alone, whichever other stages ran (or were cached) before it in the same process.
+    """
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def training_arguments(settings: TrainSettings, run: RunDir, **extra: Any) -> TrainingArguments:
@@ -233,29 +256,25 @@ def train_and_save(
     cfg: TrainingStageConfig,
     model: Any,
     tokenizer: Any,
-    rows: list,
+    train_rows: list[dict[str, Any]],
     *,
     started: float,
     weights_before: list[dict[str, str]],
     metrics: dict[str, Any],
-    harmful_rows: list | None = None,
-    alignment_rows: list | None = None,
+    harmful_rows: list[dict[str, Any]] | None = None,
+    alignment_rows: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Train `cfg.method` on `rows` (resuming if interrupted), then save the weights, metrics.json and
-    the finished manifest, whose weights chain is `weights_before` plus the weights saved here."""
-    encoded = {
-        name: encode_rows(records, tokenizer, cfg.max_length, cfg.template) if records is not None else None
-        for name, records in (("train", rows), ("harmful", harmful_rows), ("alignment", alignment_rows))
-    }
+    """Train `cfg.method` on encoded `train_rows` (resuming if interrupted), then save the weights,
+    metrics.json and the finished manifest, whose weights chain is `weights_before` plus these weights."""
     history = HistoryCallback()
     trainer = get_method(cfg.method).trainer_cls(
         model=model,
         args=training_arguments(cfg.train, run),
-        train_dataset=encoded["train"],
+        train_dataset=train_rows,
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         method_config=cfg.method_config,
-        harmful_dataset=encoded["harmful"],
-        alignment_dataset=encoded["alignment"],
+        harmful_dataset=harmful_rows,
+        alignment_dataset=alignment_rows,
         callbacks=[history],
     )
     with PeakMemory() as mem:
@@ -273,7 +292,7 @@ def train_and_save(
         write_json(run.path / "metrics.json", metrics)
         run.write_manifest(
             status="done",
-            weights=[*weights_before, {"kind": weights, "path": str((run.path / weights).resolve())}],
+            weights=[*weights_before, {"kind": weights, "path": str(run.final(weights))}],
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         remove_checkpoints(run)
@@ -284,9 +303,17 @@ def save_weights(model: Any, run: RunDir) -> str:
     """Adapter in PEFT format (`adapter/`) or full weights as safetensors (`model/`); returns the folder name."""
     from peft import PeftModel
 
-    from safeft.io import atomic_dir
+    from safeft.io import atomic_dir, read_json, write_json
 
     name = "adapter" if isinstance(model, PeftModel) else "model"
     with atomic_dir(Path(run.path) / name) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        config_file = tmp / "adapter_config.json"
+        if config_file.is_file():
+            # PEFT writes target_modules from a set, in string-hash order (it changes from process to
+            # process): sorted, the same adapter is the same bytes.
+            config = read_json(config_file)
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
+            write_json(config_file, config)
     return name
