@@ -320,3 +320,16 @@ def test_offline_without_data_dir_explains_the_fix(monkeypatch, tmp_path):
     # A source without a Hub copy says so, and names its file under the given (empty) folder.
     with pytest.raises(SafeftError, match=r"safety_tuned_llamas_safety_only\.jsonl.*not in the data folder"):
         load_source("refusals", data_dir=tmp_path)
+
+
+def test_inspect_shows_the_rows_and_fields_of_a_file_of_unknown_schema(tmp_path):
+    from safeft.data.inspect import format_inspection, inspect_source
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"question": "q1", "answer": "a1", "x": ""}\n{"question": "q2", "answer": "a2", "x": "y"}\n')
+
+    text = format_inspection(inspect_source(str(path)))
+
+    assert "rows:    2" in text and "schema:  unknown" in text
+    assert "question (2 filled), answer (2 filled), x (1 filled)" in text
+    assert "  answer: a2" in text and "--as SOURCE" in text

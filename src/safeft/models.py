@@ -377,10 +377,6 @@ def merge_adapter(model: Any) -> Any:
     return model
 
 
-def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
 # ----- the weights a chain of runs left behind -----------------------------------------------------
 
 

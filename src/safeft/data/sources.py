@@ -578,7 +578,7 @@ def _detect_schema(path: Path) -> Source:
             return GENERIC_QA
         raise DataError(
             f"cannot tell the schema: expected an 'instruction' field (instruction/input/output) or a 'prompt' field (prompt/response); "
-            f"the row has {', '.join(row) or 'nothing'}. Pass as_source (--as) with a source name whose fields the file has: {', '.join(SOURCES)}",
+            f"the row has {', '.join(row) or 'nothing'}. Name the schema with --as SOURCE (a source whose fields the file has: {', '.join(SOURCES)}), or look at the file with 'safeft data inspect FILE'",
             path=str(path),
             row=number,
         )

@@ -465,24 +465,6 @@ def train_cpu_judge(
     return metrics
 
 
-def judge_train_main(args: Any) -> int:
-    """CLI entry: `args.output`, `args.data_dir` (and optional `train_layers`, `epochs`, `seed`)."""
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("train_layers", "epochs", "batch_size", "seed")
-        if getattr(args, k, None) is not None
-    }
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir, **kwargs)
-    for split_name in ("heldout", "eval_prompts"):
-        if split_name in metrics:
-            for judge_name in ("cpu", "keyword"):
-                m = metrics[split_name][judge_name]
-                print(
-                    f"{split_name:12s} {judge_name:8s} acc {m['accuracy']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  N {m['n']}"
-                )
-    return 0
-
-
 if __name__ == "__main__":  # python -m safeft.evaluation.cpu_judge OUTPUT [DATA_DIR] [TRAIN_LAYERS] [EPOCHS]
     import sys
 
