@@ -326,7 +326,9 @@ def test_inspect_shows_the_rows_and_fields_of_a_file_of_unknown_schema(tmp_path)
     from safeft.data.inspect import format_inspection, inspect_source
 
     path = tmp_path / "mine.jsonl"
-    path.write_text('{"question": "q1", "answer": "a1", "x": ""}\n{"question": "q2", "answer": "a2", "x": "y"}\n')
+    path.write_text(
+        '{"question": "q1", "answer": "a1", "x": ""}\n{"question": "q2", "answer": "a2", "x": "y"}\n'
+    )
 
     text = format_inspection(inspect_source(str(path)))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from safeft.config import Config, option
 from safeft.data.templates import TEMPLATES
@@ -220,9 +221,24 @@ def check_parallelism(trainer: Any, method: str) -> None:
         )
 
 
+class ProgressBarOnly(ProgressCallback):
+    """Trainer's progress bar without its printed copy of every log record: `HistoryCallback`
+    already logs each record once (to the terminal and log.txt)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        pass
+
+
+def _log_each_record_once(trainer: Any) -> None:
+    trainer.pop_callback(PrinterCallback)  # what Trainer prints with when the progress bar is off
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBarOnly)
+
+
 def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict[str, Any]:
     """Train, resuming from the newest complete checkpoint if an earlier attempt was interrupted."""
     check_parallelism(trainer, str(run.manifest.get("method", type(trainer).__name__)))
+    _log_each_record_once(trainer)
     checkpoint = run.latest_checkpoint()
     if trainer.accelerator.num_processes > 1:
         # Every rank must resume from the same checkpoint: rank 0's view of the folder decides.
