@@ -335,3 +335,26 @@ def test_inspect_shows_the_rows_and_fields_of_a_file_of_unknown_schema(tmp_path)
     assert "rows:    2" in text and "schema:  unknown" in text
     assert "question (2 filled), answer (2 filled), x (1 filled)" in text
     assert "  answer: a2" in text and "--as SOURCE" in text
+
+
+def test_without_the_hub_a_missing_data_folder_fails_at_once_naming_the_fix(tmp_path, monkeypatch):
+    import socket
+
+    import datasets
+
+    from safeft.data.sources import load_source
+    from safeft.errors import SafeftError
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the Hub was tried (retries cost ~40 s) although it cannot be reached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", must_not_run)
+
+    with pytest.raises(SafeftError, match="cannot be reached from here") as err:
+        load_source("beavertails-eval", data_dir=tmp_path)
+    assert "--data-dir" in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)
