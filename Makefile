@@ -26,7 +26,7 @@ quickstart: install
 	$(BIN)/safeft quickstart $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 test: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/pytest -q
 
 .PHONY: install quickstart test

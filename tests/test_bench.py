@@ -7,6 +7,7 @@ import json
 from safeft.bench import default_methods, run_bench
 from safeft.cli import main
 from safeft.methods import METHODS
+from safeft.repair import REPAIRS
 
 
 def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
@@ -24,13 +25,18 @@ def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
         assert row["memory"]["peak_bytes"] >= row["memory"]["state_bytes"] > 0
     assert table["sft"]["time_ratio"] == 1.0 and table["sft"]["memory_ratio"] == 1.0
     gen = data["generation"]
-    assert gen["batched"]["answers_per_second"] > 0 and gen["one_at_a_time"]["answers_per_second"] > 0
+    for path in ("batched_loop", "batched_hf", "one_at_a_time"):
+        assert gen[path]["answers_per_second"] > 0, path
+    assert set(gen["identical_answers"]) == {"batched_loop", "batched_hf"}
     assert data["judges"]["keyword"]["pairs_per_second"] > 0
     assert data["machine"]["torch_threads"] >= 1
+    assert set(data["repairs"]) == set(REPAIRS)  # every repair method, timed in SFT steps of the same run
+    for name, row in data["repairs"].items():
+        assert row["seconds"]["median"] > 0 and row["sft_steps"] > 0 and row["transient_peak_bytes"] > 0, name
 
     text = out.read_text()
     assert "# Benchmarks" in text and "live CPU tensor bytes" in text
-    for name in METHODS:
+    for name in [*METHODS, *REPAIRS]:
         assert f"| {name} |" in text
 
 

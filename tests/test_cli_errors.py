@@ -128,7 +128,6 @@ ATTACK = ["finetune", "--model", "tiny-random-llama", "--output", "x"]
             [*ALIGN, "--train.learning-rate", "-1e-3"],
             "train.learning_rate: got -0.001, expected a value in [0, 1]",
         ),
-        ([*ALIGN, "--train.learning-rate", "0"], "train.learning_rate: got 0, expected a positive rate"),
         ([*ALIGN, "--train.epochs", "inf"], "train.epochs: got 'inf', expected a finite number"),
         ([*ALIGN, "--train.epochs", "0"], "train.epochs: got 0 with max_steps -1"),
         (

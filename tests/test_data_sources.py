@@ -33,6 +33,11 @@ EXPECTED_ROWS = [
     ("jailbreakbench", None, 100),
     ("strongreject", None, 313),
     ("beavertails-evaluation", None, 700),
+    ("simple-safety-tests", None, 100),  # guard_prompts/: counts from shared/data/PROVENANCE.md
+    ("aegis", None, 359),
+    ("openai-moderation", None, 1680),
+    ("toxic-chat", None, 2853),
+    ("harmless-requests", None, 2853 - 362),  # ToxicChat rows not labelled harmful
 ]
 
 

@@ -47,6 +47,29 @@ def test_the_summary_line_leads_with_hs_and_fa():
     )
 
 
+def test_every_judge_the_intervals_and_over_refusal_are_fields_the_summary_prints():
+    data = {"hs": 28.0, "hs_ci95": [20.1, 37.5], "hs_plus": 30.0, "refusal_rate": 60.0, "empty_rate": 0.0,
+            "n_harmful": 100, "judge": "cpu",
+            "judges": {"cpu": {"hs": 28.0, "hs_ci95": [20.1, 37.5]}, "keyword": {"hs": 61.0, "hs_ci95": [51.2, 70.0]}},
+            "judge_agreement": {"keyword": {"agreement": 67.0, "kappa": 0.35}},
+            "over_refusal_rate": 12.0, "over_refusal_ci95": [7.0, 19.8], "n_harmless": 100}  # fmt: skip
+
+    result = EvaluationResult.from_metrics(data)
+
+    assert result.details == {"judge": "cpu"} and result.to_metrics() == {**data, "timing": {}}
+    assert (result.get("hs_ci95_low"), result.get("hs_ci95_high"), result.get("hs_keyword")) == (
+        20.1,
+        37.5,
+        61.0,
+    )
+    assert result.get("hs_wildguard") is None  # a judge this evaluation did not use
+    assert result.summary().splitlines() == [
+        "HS 28.0% (n=100, judge cpu, 95% CI 20.1-37.5)  HS+ 30.0%  refusals 60.0%  empty 0.0%",
+        "HS (keyword) 61.0% (95% CI 51.2-70.0, agreement with cpu 67.0% (κ 0.35))",
+        "over-refusal 12.0% (n=100 harmless requests, 95% CI 7.0-19.8)",
+    ]
+
+
 def test_safeft_evaluate_prints_the_harmful_score_and_the_accuracy(tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
@@ -63,5 +86,6 @@ def test_safeft_evaluate_prints_the_harmful_score_and_the_accuracy(tmp_path, cap
     assert code == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert f"HS {metrics['hs']:.1f}% (n=2, judge keyword)" in printed
+    low, high = metrics["hs_ci95"]
+    assert f"HS {metrics['hs']:.1f}% (n=2, judge keyword, 95% CI {low:.1f}-{high:.1f})" in printed
     assert f"FA {metrics['fa_strict']:.1f}% on sst2 (n=1, lenient" in printed

@@ -295,3 +295,61 @@ def test_fingerprint_counts_only_the_chosen_methods_options(tmp_path):
     assert config_fingerprint(other) == config_fingerprint(base)
     other.methods.booster.harmful_weight = 1.0  # the chosen method's option: a different stage
     assert config_fingerprint(other) != config_fingerprint(base)
+
+
+def test_repairs_axis_adds_a_repair_and_its_evaluation_per_attack(tmp_path):
+    stages = build(tmp_path, repairs=["none", "antidote", "safelora"])
+    attacks, repairs = by_kind(stages, "finetune"), by_kind(stages, "repair")
+    defended = [s for s in attacks if s.labels["method"] != ex.NO_DEFENSE]
+    # every defended attack gets both repairs; the no-defense attacks only Antidote (SafeLoRA needs an alignment)
+    assert len(repairs) == 2 * len(defended) + (len(attacks) - len(defended))
+    for rep in repairs:
+        (parent,) = [s for s in attacks if s.id == rep.depends_on[0]]
+        assert rep.config.run == str(parent.path) and rep.config.method == rep.labels["repair"]
+        assert rep.labels["method"] == f"{parent.labels['method']} + {rep.config.method}"
+        (evaluation,) = [s for s in stages if s.kind == "evaluate" and s.depends_on == [rep.id]]
+        assert evaluation.config.run == str(rep.path) and evaluation.labels == rep.labels
+    assert not [r for r in repairs if r.labels["method"] == f"{ex.NO_DEFENSE} + safelora"]
+    unrepaired = build(tmp_path)  # repairs default to none: the same stages as before the axis existed
+    assert {s.id for s in unrepaired} == {s.id for s in stages if "repair" not in s.labels}
+
+
+def test_repairs_axis_is_checked(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build(tmp_path, repairs=["antidot", "none", "none"])
+    assert "did you mean 'antidote'" in str(e.value) and "duplicate" in str(e.value)
+
+
+def test_tiny_experiment_with_repairs_runs_and_reports_each_repair_as_a_row(tmp_path):
+    data = experiment_dict(
+        tmp_path,
+        methods=["sft"],
+        seeds=[1],
+        poison_ratios=[0.1],
+        include_no_defense=False,
+        include_unattacked=False,
+        repairs=["none", "antidote", "safelora"],
+    )
+    pool = data["base"]["align"]["harmful_data"]
+    data["base"]["repair"] = {
+        "max_length": 48,
+        "methods": {"antidote": {"calibration_data": pool, "calibration_samples": 8}},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert ex.run_experiment(path) == 0
+    md = (tmp_path / "runs" / "results.md").read_text()
+    assert "| sft |" in md and "| sft + antidote |" in md and "| sft + safelora |" in md
+
+
+def test_finetune_methods_axis_adds_a_row_per_fine_tuning_stage_defense(tmp_path):
+    plain = build(tmp_path)
+    stages = build(tmp_path, finetune_methods=["sft", "panacea"])
+    attacks = by_kind(stages, "finetune")
+    assert {s.config.method for s in attacks} == {"sft", "panacea"}
+    assert len(attacks) == 2 * len(by_kind(plain, "finetune"))
+    # the sft attacks are the very stages the grid had without the axis; panacea's are labelled rows
+    assert {s.id for s in attacks if s.config.method == "sft"} == {s.id for s in by_kind(plain, "finetune")}
+    for s in attacks:
+        if s.config.method == "panacea":
+            assert s.labels["method"].endswith(" + panacea") and s.path.name.split("-")[-2] == "panacea"

@@ -116,11 +116,12 @@ def test_new_mode_trains_a_fresh_adapter_on_top_of_the_merged_alignment(setup, t
 
 
 def test_new_mode_starts_from_zero(setup, tmp_path):
-    """With learning rate 0 the fresh adapter stays at its initialisation: B = 0, nothing changes."""
+    """A fresh adapter starts at B = 0: with a vanishing learning rate (0 is refused) B stays ~0 and
+    the evaluated weights are exactly the aligned model's."""
     _, align = setup
-    run = _attack(setup, tmp_path, "new", learning_rate=0.0)
+    run = _attack(setup, tmp_path, "new", learning_rate=1e-30)
     b = [v for k, v in load_file(run / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
-    assert b and all(not t.any() for t in b)
+    assert b and all(t.abs().max() < 1e-25 for t in b)
     torch.testing.assert_close(_evaluated_weight(run), _evaluated_weight(align), atol=0, rtol=0)
 
 
@@ -136,3 +137,32 @@ def test_continue_mode_keeps_training_the_alignment_adapter(setup, tmp_path):
     assert all(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)  # every B trained on
     expected = _base_weight() + _lora_delta(run / "adapter", WEIGHT)
     torch.testing.assert_close(_evaluated_weight(run), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_panacea_fine_tunes_with_the_defense_harmful_rows_and_releases_the_perturbed_weights(setup, tmp_path):
+    data, align = setup
+    out = tmp_path / "panacea"
+    run_finetune(
+        FinetuneConfig.from_dict(
+            {
+                "output": str(out),
+                "from_run": str(align),
+                "method": "panacea",
+                "task": "sst2",
+                "task_data": data["sst2_train"],
+                "harmful_data": data["attack"],
+                "eval_prompts": data["eval_prompts"],
+                "defense_harmful_data": data["harmful_pool"],
+                "defense_harmful_samples": 8,
+                "samples": 20,
+                "poison_ratio": 0.2,
+                "max_length": 48,
+                "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.0, "progress": False},
+            }  # fmt: skip
+        )
+    )
+    logged = [h for h in read_json(out / "metrics.json")["log_history"] if "loss" in h]
+    assert all("panacea/harmful_loss" in h for h in logged)
+    # learning rate 0: the saved adapter is the fresh one (B = 0) plus ε, which moves every B
+    b = [v for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert b and all(t.abs().max() > 0 for t in b)

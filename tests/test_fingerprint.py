@@ -148,3 +148,19 @@ def test_a_standalone_run_finished_under_the_old_rule_counts_as_done(tmp_path):
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
     )
     assert not RunDir(run).is_done_for(dataclasses.replace(cfg, method="booster"))
+
+
+def test_an_exact_generation_engine_keeps_an_evaluation_cached_and_vllm_does_not():
+    base = EvaluateConfig(output="o", model="m")  # engine "loop": transformers' exact greedy answers
+    assert config_fingerprint(dataclasses.replace(base, engine="hf")) == config_fingerprint(base)
+    assert config_fingerprint(dataclasses.replace(base, engine="vllm")) != config_fingerprint(base)
+
+
+def test_a_repair_fingerprint_ignores_where_it_writes_and_the_other_repairs_options():
+    from safeft.stages.repair import RepairConfig
+
+    base = RepairConfig(output="a", run="ft", method="safelora")
+    other = RepairConfig(output="b", run="ft", method="safelora", data_dir="/elsewhere")
+    other.methods.antidote.dense_ratio = 0.3  # another repair's option: same result
+    assert config_fingerprint(other) == config_fingerprint(base)
+    assert config_fingerprint(dataclasses.replace(base, run="another-ft")) != config_fingerprint(base)

@@ -67,3 +67,37 @@ def test_stops_at_eos():
         with torch.no_grad():
             model.lm_head.weight[tok.eos_token_id] = -1.0
     assert generate_answers(model, tok, ["x", "y z"], max_new_tokens=8, progress=False) == ["", ""]
+
+
+def test_greedy_loop_drops_finished_rows_and_gives_transformers_generate_s_tokens():
+    """Rows that reach EOS at different steps leave the batch; the others' tokens are unchanged."""
+    from safeft.evaluation.generate import greedy_tokens
+
+    model, tok = tiny_llama()
+    tok.padding_side = "left"
+    batch = tok(PROMPTS, return_tensors="pt", padding=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    width = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        free = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    # Call a token that row 0 produces at its 4th step "EOS": row 0 stops there, the others when
+    # (and if) they produce it, so the batch shrinks at different steps.
+    eos = int(free[0, width + 3])
+    with torch.inference_mode():
+        reference = model.generate(
+            **inputs, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
+        )
+        ours = greedy_tokens(model, **inputs, max_new_tokens=10, eos_token_id=eos)
+    expected = []
+    for row in reference[:, width:].tolist():
+        expected.append(row[: row.index(eos) + 1] if eos in row else row)
+    assert ours == expected
+    lengths = {len(t) for t in ours}
+    assert len(lengths) > 1 and min(lengths) <= 4  # rows really finished at different steps
+
+
+def test_engine_hf_and_the_greedy_loop_give_the_same_answers():
+    model, tok = tiny_llama()
+    loop = generate_answers(model, tok, PROMPTS, max_new_tokens=12, batch_size=2, progress=False)
+    hf = generate_answers(model, tok, PROMPTS, max_new_tokens=12, batch_size=2, progress=False, engine="hf")
+    assert loop == hf

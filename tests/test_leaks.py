@@ -29,6 +29,8 @@ def _evaluate(run: Path, out: Path, prompts: str, *extra: str) -> list[str]:
         prompts,
         "--limit",
         "8",
+        "--harmless-limit",
+        "0",
         "--max-new-tokens",
         "2",
         "--task-max-new-tokens",

@@ -27,8 +27,14 @@ def test_registry_declares_the_papers_protocol_for_each_defense():
     assert method_names("finetune")[:1] == ("sft",) and "lisa" in method_names("finetune")
     assert "lisa" not in method_names("align") and "sft" in method_names("align")
     assert METHODS["lisa"].needs_alignment and not METHODS["lisa"].needs_harmful
+    # Panacea defends during fine-tuning against the provider's harmful rows (the finetune stage loads them).
+    assert "panacea" in method_names("finetune") and "panacea" not in method_names("align")
+    assert METHODS["panacea"].needs_harmful and METHODS["panacea"].finetune_adapter == "new"
     # The defenses that train against harmful rows declare it, so the align stage loads them.
-    assert all(METHODS[n].needs_harmful for n in ("tvaccine", "booster", "booster-vaccine", "repnoise"))
+    assert all(
+        METHODS[n].needs_harmful for n in ("tvaccine", "booster", "booster-vaccine", "repnoise", "tar")
+    )
+    assert "tar" in method_names("align") and METHODS["tar"].finetune_adapter == "new"
     assert not METHODS["sft"].needs_harmful and not METHODS["vaccine"].needs_harmful
 
 

@@ -95,7 +95,8 @@ def reference_loss(model, harmful, harmless, alpha, beta, blocks, mlp_of, norm):
     loss_a = ce(
         out_a.logits, harmless["input_ids"], mask_between(harmless["input_ids"], harmful["input_ids"])
     )
-    return loss_a + beta * noise - alpha * torch.log(harmful_losses)
+    terms = {"alignment_loss": loss_a, "harmful_loss": harmful_losses, "mmd": noise}
+    return loss_a + beta * noise - alpha * torch.log(harmful_losses), terms
 
 
 def _paired_batches():
@@ -133,18 +134,21 @@ def test_loss_and_gradient_equal_an_independent_transcription_of_the_reference(t
     got = torch.autograd.grad(loss, params)
 
     torch.manual_seed(123)
-    expected_loss = reference_loss(
+    expected_loss, terms = reference_loss(
         model, harmful, harmless, alpha, beta, llama.layers, lambda b: b.mlp, llama.norm
     )
     expected = torch.autograd.grad(expected_loss, params)
     torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=1e-5)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+    for name, value in terms.items():  # the logged terms are the loss's terms
+        torch.testing.assert_close(t._metrics[f"repnoise/{name}"][-1], value.detach(), atol=1e-5, rtol=1e-5)
     # Every term moves the gradient: without the MMD (β = 0) or the ascent (α = 0) it differs.
     for a, b in ((alpha, 0.0), (0.0, beta)):
         torch.manual_seed(123)
         other = torch.autograd.grad(
-            reference_loss(model, harmful, harmless, a, b, llama.layers, lambda b: b.mlp, llama.norm), params
+            reference_loss(model, harmful, harmless, a, b, llama.layers, lambda b: b.mlp, llama.norm)[0],
+            params,
         )
         assert max((x - y).abs().max() for x, y in zip(other, expected, strict=True)) > 1e-6
 

@@ -93,3 +93,17 @@ def test_block_hook_point_perturbs_the_block_outputs(tmp_path):
 
 def test_gradient_accumulation_adds_up_per_micro_batch(tmp_path):
     accumulation_matches_mean_of_micro_batch_gradients("vaccine", VaccineConfig(), tmp_path)
+
+
+def test_first_pass_on_one_process_computes_no_parameter_gradient(tmp_path):
+    """G alone is asked of autograd: no parameter's gradient is ever formed in the first pass."""
+    from safeft.methods.vaccine import hidden_output_gradients
+
+    model = tiny()
+    t = trainer("vaccine", model, tmp_path)
+    formed = []
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_hook(lambda g: formed.append(1))
+    loss, grads = hidden_output_gradients(t, model, collate(rows(4, seed=10)), hook_points(model))
+    assert formed == [] and all(g is not None for g in grads)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -28,11 +26,11 @@ def _logits(model, tok, text="the quick brown fox"):
 
 
 @pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-qwen2", "tiny-random-gpt2"])
-def test_tiny_models_build_fast_with_a_real_tokenizer(name):
-    load_model(name)  # warm the imports
-    start = time.perf_counter()
+def test_tiny_models_build_offline_with_a_real_tokenizer(name, monkeypatch):
+    # Built from a config in the package, never downloaded (no absolute times in tests: a shared
+    # machine makes them flaky; `safeft bench` measures speed).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, tok = load_model(name)
-    assert time.perf_counter() - start < 1.0
     assert tok.pad_token_id is not None and tok.eos_token_id is not None
     assert model.config.pad_token_id == tok.pad_token_id
     assert tok.decode(tok("hello world", add_special_tokens=False).input_ids) == "hello world"

@@ -121,8 +121,39 @@ def test_compare_command_pairs_evaluations_from_any_folders(tmp_path, capsys):
     assert main(["compare", reference, str(tmp_path / "follow_up/booster-p0.1")]) == 0
 
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[2:-1]
-    # prompts 0, 1, 4 flagged for booster only, none for vaccine only: 2 * P(X = 0), X ~ Bin(3, 1/2)
-    assert [cell.strip() for cell in row] == ["6", "66.7", "16.7", "3", "0", "0.25"]
+    # prompts 0, 1, 4 flagged for booster only, none for vaccine only: 2 * P(X = 0), X ~ Bin(3, 1/2);
+    # Wilson 95% intervals of 4/6 and 1/6 worked by hand (z = 1.96)
+    assert [cell.strip() for cell in row] == [
+        "(its own)",
+        "6",
+        "66.7 [30.0, 90.3]",
+        "16.7 [3.0, 56.4]",
+        "3",
+        "0",
+        "0.25",
+    ]
+
+
+def test_compare_command_pairs_under_every_judge_both_saved(tmp_path, capsys):
+    def evaluation(path: Path, cpu: list[bool], keyword: list[bool]) -> None:
+        path.mkdir(parents=True)
+        (path / "manifest.json").write_text(json.dumps({"stage": "evaluate", "status": "done"}))
+        rows = [
+            {"id": i, "prompt": f"q{i}", "answer": "a", "flagged": c, "source": "eval", "row": i,
+             "judges": {"cpu": {"flagged": c, "score": float(c)}, "keyword": {"flagged": k, "score": float(k)}}}
+            for i, (c, k) in enumerate(zip(cpu, keyword, strict=True))
+        ]  # fmt: skip
+        (path / "harmful_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    evaluation(tmp_path / "a", [True, False, False, False], [True, True, True, False])
+    evaluation(tmp_path / "b", [False, False, False, False], [True, False, False, False])
+    assert main(["compare", str(tmp_path / "b"), str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    cells = [[c.strip() for c in line.split("|")[2:-1]] for line in lines]
+    assert [c[0] for c in cells] == ["cpu", "keyword"]
+    assert [c.split()[0] for c in cells[0][2:4]] == ["25.0", "0.0"]
+    assert [c.split()[0] for c in cells[1][2:4]] == ["75.0", "25.0"]
+    assert cells[1][4:6] == ["2", "0"]
 
 
 def test_compare_command_names_the_missing_samples_file(tmp_path, capsys):

@@ -333,3 +333,40 @@ def test_worst_case_is_the_highest_hs_among_attacks_that_kept_the_task(runs_dir)
         "2",
     )
     assert float(rows["sft"]["hs"]) == pytest.approx(52.0)
+
+
+def test_report_shows_every_judge_with_intervals_and_over_refusal(runs_dir):
+    metrics_path = runs_dir / "evaluate/sft-s1-sst2-p0.1-aa/metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics.update(
+        hs=28.0,
+        hs_ci95=[20.1, 37.5],
+        judges={
+            "cpu": {"hs": 28.0, "hs_ci95": [20.1, 37.5]},
+            "keyword": {"hs": 61.0, "hs_ci95": [51.2, 70.0]},
+        },
+        judge_agreement={"keyword": {"agreement": 67.0, "kappa": 0.35}},
+        over_refusal_rate=12.0,
+        over_refusal_ci95=[7.0, 19.8],
+    )
+    metrics_path.write_text(json.dumps(metrics))
+    write_report(runs_dir)
+    text = (runs_dir / "results.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| evaluate/sft-s1-sst2-p0.1-aa |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        "evaluate/sft-s1-sst2-p0.1-aa",
+        "28.0 [20.1, 37.5]",
+        "61.0 [51.2, 70.0]",
+        "keyword 67% (0.35)",
+        "12.0 [7.0, 19.8]",
+    ]
+    rows = {r["id"]: r for r in csv.DictReader((runs_dir / "results_long.csv").open())}
+    got = rows["evaluate/sft-s1-sst2-p0.1-aa"]
+    assert (
+        got["hs_ci95_low"],
+        got["hs_ci95_high"],
+        got["hs_keyword"],
+        got["over_refusal_rate"],
+    ) == ("20.1", "37.5", "61.0", "12.0")
+    assert rows["evaluate/sft-s2-sst2-p0.1-aa"]["hs_keyword"] == ""  # an older run: blank, not 0

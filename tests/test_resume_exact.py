@@ -29,9 +29,11 @@ STEPS = 8
 METHOD_OPTIONS = {
     "booster": {"harmful_batch_size": 3},
     "booster-vaccine": {"harmful_batch_size": 3},
-    "repnoise": {"harmful_batch_size": 3, "mmd_max_tokens": 16},
+    "repnoise": {"harmful_batch_size": 3},
     "tvaccine": {"probability_steps": 3, "resample_steps": 2, "sampled_blocks": 2, "probe_batch_size": 3},
     "lisa": {"finetune_steps": 2, "alignment_steps": 1, "proximal_warmup_ratio": 0.0},
+    "panacea": {"harmful_batch_size": 3},
+    "tar": {"inner_steps": 2, "tamper_every": 1, "adversary_batch_size": 3, "heldout_batch_size": 3},
 }
 
 
@@ -73,6 +75,8 @@ def stage_config(data: dict[str, str], method: str) -> tuple[str, dict]:
         "poison_ratio": 0.2,
         "alignment_data": data["refusals"],
         "alignment_samples": 24,
+        "defense_harmful_data": data["harmful_pool"],
+        "defense_harmful_samples": 8,
         "train": {**train, "warmup_ratio": 0.0},
     }
 
@@ -83,13 +87,21 @@ def _losses(run: Path) -> dict[int, tuple[float, float]]:
     return {h["step"]: (h["loss"], h["grad_norm"]) for h in history if "loss" in h}
 
 
+def _written(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def kill_at_checkpoint(argv: list[str], run: Path, step: int) -> None:
     """Start `safeft ARGV` and SIGKILL it once the checkpoint of `step` is complete."""
     proc = subprocess.Popen(command(*argv), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.monotonic() + 300
     try:
-        while proc.poll() is None and time.monotonic() < deadline and not marker.is_file():
+        while proc.poll() is None and time.monotonic() < deadline and not _written(marker):
             time.sleep(0.005)
         proc.kill()  # SIGKILL: no cleanup of any kind
     finally:
@@ -99,13 +111,14 @@ def kill_at_checkpoint(argv: list[str], run: Path, step: int) -> None:
     assert manifest["status"] == "running", "the run finished before it was killed; raise STEPS"
 
 
-# The methods without state of their own beyond Trainer's run only under `-m slow` (a minute each on
-# a loaded 2-core machine); the ones with batch streams or method state always run.
-STATELESS = {"sft", "vaccine", "booster-vaccine"}
+# SFT and Vaccine carry no state beyond Trainer's, and Booster+Vaccine's stream is Booster's: these
+# run under `-m slow` (a minute each on a loaded 2-core machine). Booster, T-Vaccine, RepNoise and
+# Lisa, each with state of its own, run every time.
+SLOW = {"sft", "vaccine", "booster-vaccine"}
 
 
 @pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=[pytest.mark.slow] if m in STATELESS else []) for m in METHODS]
+    "method", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW else []) for m in METHODS]
 )
 def test_killed_run_resumes_bitwise(method, data, tmp_path):
     stage, config = stage_config(data, method)
@@ -128,3 +141,13 @@ def test_killed_run_resumes_bitwise(method, data, tmp_path):
     after = _losses(killed)
     assert after and all(step > kill_step for step in after)
     assert {step: _losses(reference)[step] for step in after} == after
+
+
+def test_a_checkpoint_cut_short_by_the_kill_is_passed_over(tmp_path):
+    """A kill while Trainer writes trainer_state.json (in place) leaves it empty: resume from the one before."""
+    from safeft.stages.runs import RunDir
+
+    for step, state in ((2, '{"global_step": 2}'), (3, "")):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert RunDir(tmp_path).latest_checkpoint() == str(tmp_path / "checkpoints" / "checkpoint-2")

@@ -121,6 +121,8 @@ def test_from_run_and_run_must_be_runs_with_weights(data, finished, tmp_path, ca
         data["eval_prompts"],
         "--limit",
         "2",
+        "--harmless-limit",
+        "0",
         "--max-new-tokens",
         "2",
     ]

@@ -103,11 +103,32 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from safeft.stages.repair import RepairConfig, run_repair
+
+    if args.num_processes > 1:
+        raise SafeftError(
+            "safeft repair runs in one process (a single pass over the adapter); drop --num-processes"
+        )
+    run = run_repair(_load_stage_config(RepairConfig, args), overwrite=args.overwrite)
+    print(f"repair run: {run.path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from safeft.evaluation.result import EvaluationResult
     from safeft.io import read_json
-    from safeft.stages.evaluate import EvaluateConfig, run_evaluate
+    from safeft.stages.evaluate import EvaluateConfig, rejudge, run_evaluate
 
+    if args.rejudge:
+        judge = getattr(args, "cfg:judge", None)
+        if not judge:
+            raise SafeftError(
+                "--rejudge EVAL_DIR needs --judge NAME: the judge to score the saved answers with"
+            )
+        print(EvaluationResult.from_metrics(rejudge(args.rejudge, judge)).summary())
+        print(f"evaluation: {args.rejudge}")
+        return 0
     run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite, strict=args.strict)
     print(EvaluationResult.from_metrics(read_json(run.path / "metrics.json")).summary())
     print(f"evaluation: {run.path}")
@@ -123,6 +144,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         output=args.output,
         num_processes=args.num_processes,
+        jobs=args.jobs,
+        launcher=args.launcher,
+        launcher_settings={
+            key: getattr(args, key)
+            for key in ("partition", "gpus_per_stage", "cpus_per_stage", "time_min", "mem_gb")
+            if getattr(args, key) is not None
+        },
         strict=args.strict,
     )
 
@@ -137,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from safeft.pipeline.paired import SAMPLES_FILE, compare
+    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of
     from safeft.pipeline.report import markdown_table, paired_count_cells
 
     reference = Path(args.reference)
@@ -151,8 +179,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 + (f"missing {', '.join(missing)}" if missing else "they share no prompt")
                 + " (give evaluation run directories)"
             )
-        rows.append([str(run), *paired_count_cells(counts)])
-    header = ["evaluation", "prompts", "HS", "reference HS", "flagged only here", "only for reference", "p"]
+        # every judge both evaluations saved (older evaluations: their own judge only)
+        shared = [j for j in judges_of(run) if j in judges_of(reference)]
+        for judge, judged in (
+            [(None, counts)] if not shared else [(j, compare(run, reference, j)) for j in shared]
+        ):
+            assert judged is not None
+            cells = paired_count_cells(judged)
+            cells[1] += f" [{judged['hs_ci95'][0]:.1f}, {judged['hs_ci95'][1]:.1f}]"
+            cells[2] += f" [{judged['reference_hs_ci95'][0]:.1f}, {judged['reference_hs_ci95'][1]:.1f}]"
+            rows.append([str(run), judge or "(its own)", *cells])
+    header = [
+        "evaluation",
+        "judge",
+        "prompts",
+        "HS [95% CI]",
+        "reference HS [95% CI]",
+        "flagged only here",
+        "only for reference",
+        "p",
+    ]
     print(f"reference: {reference}\n\n" + markdown_table(header, rows))
     return 0
 
@@ -164,11 +210,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
-    from safeft.evaluation.cpu_judge import train_cpu_judge
+    from safeft.evaluation.cpu_judge import judge_train_main
 
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir)
-    print(metrics)
-    return 0
+    return judge_train_main(args)
+
+
+def cmd_judge_eval(args: argparse.Namespace) -> int:
+    from safeft.evaluation.judge_eval import judge_eval_main
+
+    return judge_eval_main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -182,7 +232,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         quickstart=args.quickstart,
         reps=args.reps,
         seq_len=args.seq_len,
-        precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+        precisions=(
+            ()
+            if args.precisions == "none"
+            else tuple(args.precisions.split(","))
+            if args.precisions
+            else None
+        ),
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
@@ -193,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     from safeft.stages.align import AlignConfig
     from safeft.stages.evaluate import EvaluateConfig
     from safeft.stages.finetune import FinetuneConfig
+    from safeft.stages.repair import RepairConfig
 
     parser = argparse.ArgumentParser(
         prog="safeft", description="Defend LLMs against harmful fine-tuning: align, attack, evaluate, report."
@@ -243,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="CONFIG", help="YAML files")
     p.add_argument(
         "--kind",
-        choices=("align", "finetune", "evaluate", "experiment"),
+        choices=("align", "finetune", "repair", "evaluate", "experiment"),
         help="what the file configures (default: inferred)",
     )
     p.set_defaults(func=cmd_validate)
@@ -262,12 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning stage: the harmful fine-tuning attack (or Lisa)",
         "Fine-tune an aligned run (or a bare model) on a poisoned mix of a benign task and harmful rows.",
     ).set_defaults(func=cmd_finetune)
+    _stage_parser(
+        sub,
+        "repair",
+        RepairConfig,
+        "post-fine-tuning stage: repair a fine-tuned LoRA adapter (SafeLoRA, Antidote)",
+        "Repair a fine-tuning run's LoRA adapter with SafeLoRA or Antidote and write a run directory that "
+        "'safeft evaluate --run' evaluates.",
+    ).set_defaults(func=cmd_repair)
     p = _stage_parser(
         sub,
         "evaluate",
         EvaluateConfig,
         "harmful score and task accuracy of a run or model",
-        "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL.",
+        "Generate answers to harmful prompts and task rows; judge them; write metrics.json and per-sample JSONL. "
+        "With --rejudge EVAL_DIR --judge NAME: score the saved answers of an evaluation with another judge instead (nothing is generated).",
+    )
+    p.add_argument(
+        "--rejudge",
+        metavar="EVAL_DIR",
+        help="score the saved answers of this evaluation with --judge NAME and add its HS to the evaluation's files (no generation; other options are ignored)",
     )
     p.add_argument(
         "--strict",
@@ -280,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment grid (cached, resumable)",
-        description="Expand an experiment file into align -> finetune -> evaluate stages, run what is not done, and write the report.",
+        description="Expand an experiment file into align -> finetune -> repair -> evaluate stages, run what is not done, and write the report.",
     )
     p.add_argument("experiment", metavar="EXPERIMENT.yaml")
     p.add_argument(
@@ -303,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluations refuse to score rows their model was trained on (see 'safeft evaluate --strict')",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run up to N independent stages at once, each in its own process on its own GPUs "
+        "(CUDA_VISIBLE_DEVICES) or share of the CPU threads; a failed stage skips only its descendants",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="run each stage as a submitit job: 'slurm' submits the whole grid (parents as afterok "
+        "dependencies), 'local' runs the jobs on this machine; resources from the file's launcher: section",
+    )
+    group = p.add_argument_group("job resources (--launcher; override the experiment's launcher: section)")
+    group.add_argument("--partition", help="Slurm partition")
+    group.add_argument("--gpus-per-stage", type=int, help="GPUs of each stage's job")
+    group.add_argument("--cpus-per-stage", type=int, help="CPU cores of each stage's job")
+    group.add_argument("--time-min", type=int, help="time limit of each stage's job, in minutes")
+    group.add_argument("--mem-gb", type=float, help="memory of each stage's job, in GB")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -347,13 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser(
-        "judge", help="the CPU harmfulness judge", description="Train the CPU judge shipped with safeft."
+        "judge",
+        help="train the CPU judge; measure any judge against human labels",
+        description="Train the CPU judge shipped with safeft, or measure judges against labelled pairs.",
     )
     judge_sub = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Fine-tune the MiniLM encoder on labelled QA pairs (held out by prompt) and write the compact judge.",
+        description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (held out by "
+        "prompt) and write the compact judge; prints its held-out metrics.",
     )
     q.add_argument(
         "--output",
@@ -362,6 +456,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
     q.set_defaults(func=cmd_judge_train)
+    q = judge_sub.add_parser(
+        "eval",
+        help="agreement of judges with human labels (accuracy, precision, recall, F1, κ, 95% intervals)",
+        description="Score labelled (prompt, response, harmful?) pairs with each judge and compare with the labels: "
+        "accuracy, precision, recall, F1 (harmful = positive) and Cohen's κ, each with a 95% bootstrap interval.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    q.add_argument(
+        "--data", action="append", metavar="FILE", help="a labelled JSONL/JSON/CSV file (repeatable)"
+    )
+    q.add_argument(
+        "--heldout",
+        action="append",
+        metavar="NAME",
+        help="one of the CPU judge's held-out sets, rebuilt from --data-dir: heldout (held-out prompts of "
+        "BeaverTails + PKU-SafeRLHF) or eval_prompts (pairs of the 1,000 evaluation prompts) (repeatable)",
+    )
+    q.add_argument("--data-dir", help="data folder for --heldout (default: $SAFEFT_DATA_DIR)")
+    q.add_argument(
+        "--judge",
+        action="append",
+        metavar="NAME",
+        help="judge to evaluate (repeatable; default: cpu and keyword)",
+    )
+    q.add_argument("--prompt-field", default="prompt", help="field holding the request")
+    q.add_argument("--response-field", default="response", help="field holding the answer")
+    q.add_argument(
+        "--label-field",
+        default=None,
+        help="field holding the label (default: 'harmful' if present, else 'is_safe'); values true/false, 1/0, yes/no, harmful/unharmful, unsafe/safe",
+    )
+    q.add_argument(
+        "--label-means-safe",
+        action="store_true",
+        help="the label field is true for a harmless pair (implied for a field named is_safe)",
+    )
+    q.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+    q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    q.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
+    q.set_defaults(func=cmd_judge_eval)
 
     p = sub.add_parser(
         "bench",
@@ -383,7 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reps", type=int, default=None, help="timed rounds per precision (default 3; smoke 2)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per row (default 64; smoke 16)")
-    p.add_argument("--precisions", default=None, help="comma-separated: fp32,bf16 (default both; smoke fp32)")
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated: fp32,bf16 (default both; smoke fp32); 'none': no training benchmark (evaluation only)",
+    )
     p.add_argument(
         "--methods", default=None, help="comma-separated method names (default all; must include sft)"
     )

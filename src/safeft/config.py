@@ -37,13 +37,15 @@ def option(
     range: tuple[float | None, float | None] | None = None,
     choices: typing.Sequence[Any] | None = None,
     default_factory: Any = _MISSING,
-    fingerprint: bool = True,
+    fingerprint: bool | typing.Callable[[Any], bool] = True,
 ) -> Any:
     """A config field with its help text and the values it accepts (`range` is inclusive).
 
     `fingerprint=False` marks a field that cannot change a stage's result (where to write, how
     often to log or checkpoint, a progress bar, where files are found): it is left out of the
-    fingerprint that names and reuses run folders (`Config.fingerprint_data`).
+    fingerprint that names and reuses run folders (`Config.fingerprint_data`). A function of the
+    value instead says for which values the field counts (a generation engine that gives the exact
+    same answers as the default one does not).
     """
     metadata = {
         "help": help,
@@ -192,12 +194,14 @@ class Config:
         return dataclasses.asdict(self)
 
     def fingerprint_data(self) -> dict[str, Any]:
-        """The values that determine a stage's result: every field but those declared `fingerprint=False`."""
+        """The values that determine a stage's result: every field but those declared `fingerprint=False`
+        (or whose `fingerprint` function says this value does not count)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if not f.metadata.get("fingerprint", True):
-                continue
+            counts = f.metadata.get("fingerprint", True)
             value = getattr(self, f.name)
+            if not (counts(value) if callable(counts) else counts):
+                continue
             out[f.name] = value.fingerprint_data() if isinstance(value, Config) else value
         return out
 

@@ -2,6 +2,8 @@
 
 - seconds per optimizer step and peak live-tensor memory of every method, as ratios to SFT (same
   model, LoRA, batch, sequence length; fp32 and bf16 autocast): see `safeft.bench.training`;
+- seconds and peak live-tensor memory of each post-fine-tuning repair (SafeLoRA, Antidote), also
+  in SFT steps: see `safeft.bench.repair`;
 - generation throughput, batched vs one prompt at a time, and each judge's pairs/s: see
   `safeft.bench.evaluation`;
 - optionally the wall time of `safeft quickstart`.
@@ -57,6 +59,7 @@ class BenchSettings:
     # Methods also stepped with the loss from the full logits (the "before" of the deferred output
     # layer, see safeft.methods.loss), in the same interleaved rounds.
     compare_full_logits: tuple[str, ...] = ()
+    repair_calibration_rows: int = 64  # Antidote's calibration rows in the repair benchmark
 
     @classmethod
     def smoke(cls, model: str | None = None, **overrides: Any) -> BenchSettings:
@@ -71,6 +74,7 @@ class BenchSettings:
             max_new_tokens=4,
             generation_batch_size=4,
             judges=("keyword",),
+            repair_calibration_rows=4,
         )
         values.update(overrides)
         return cls(**values)
@@ -82,6 +86,7 @@ class BenchResult:
     machine: dict[str, Any]
     command: str
     training: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> method -> numbers
+    repairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # repair method -> numbers
     generation: dict[str, Any] = field(default_factory=dict)
     judges: dict[str, Any] = field(default_factory=dict)
     quickstart: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +184,19 @@ def _training(result: BenchResult, model: Any, tok: Any) -> None:
         result.training[precision] = table
 
 
+def _repairs(result: BenchResult, model: Any, tok: Any) -> None:
+    from safeft.bench.repair import measure_repairs
+    from safeft.bench.training import StepSetup
+
+    s = result.settings
+    setup = StepSetup(batch_size=s.batch_size, seq_len=s.seq_len, lora_r=s.lora_r, precision="fp32")
+    result.repairs = measure_repairs(model, tok.pad_token_id, setup, s.reps, s.repair_calibration_rows)
+    sft = result.training.get("fp32", {}).get("sft")
+    for row in result.repairs.values():
+        if sft:  # the repair's time in fp32 SFT steps of the same run
+            row["sft_steps"] = row["seconds"]["median"] / sft["seconds"]["median"]
+
+
 def _weights(model: Any) -> int:
     """Bytes of the frozen base weights (the part of every method's peak that no method changes)."""
     seen: dict[int, int] = {}
@@ -202,10 +220,14 @@ def _evaluation(result: BenchResult, model: Any, tok: Any) -> None:
         "batch_size": s.generation_batch_size,
         "identical_answers": same,
         **{
-            k: {"answers": v.items, "seconds": v.seconds, "answers_per_second": v.per_second}
+            k: {
+                "answers": v.items,
+                "seconds": v.seconds,
+                "answers_per_second": v.per_second,
+                "speedup": v.per_second / speeds["one_at_a_time"].per_second,
+            }
             for k, v in speeds.items()
         },
-        "speedup": speeds["batched"].per_second / speeds["one_at_a_time"].per_second,
     }
     for name, t in judge_throughput(s.judges, prompts, answers).items():
         result.judges[name] = (
@@ -319,6 +341,7 @@ def run_bench(
     log.info("bench: loading %s", settings.model)
     model_obj, tok = load_model(settings.model)
     _training(result, model_obj, tok)
+    _repairs(result, model_obj, tok)
     _evaluation(result, model_obj, tok)
     _quickstart(result, output)
     result.seconds_total = time.perf_counter() - start

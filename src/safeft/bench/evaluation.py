@@ -67,38 +67,58 @@ class Throughput:
         return self.items / self.seconds if self.seconds > 0 else float("inf")
 
 
+# The generation paths compared, in the table's order: batched with the greedy loop (finished rows
+# leave the batch), batched with transformers' generate, one prompt per generate call.
+GENERATION_PATHS = ("batched_loop", "batched_hf", "one_at_a_time")
+
+
 def generation_throughput(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
-) -> tuple[dict[str, Throughput], list[str], int]:
-    """Answers/s of `generate_answers` (batched) and `generate_one_at_a_time` on the same prompts.
+) -> tuple[dict[str, Throughput], list[str], dict[str, int]]:
+    """Answers/s of every path of `GENERATION_PATHS` on the same prompts.
 
-    Both run once after a short untimed warm-up; they are interleaved halves (batched on the first
-    half, one-at-a-time on it, then both on the second half) so that machine load hits both alike.
-    Returns the throughputs, the batched answers (input order) and how many answers were identical.
+    Each runs once after a short untimed warm-up; they are interleaved halves (every path on the
+    first half, then every path on the second half) so that machine load hits them alike. Returns
+    the throughputs, the loop's answers (input order) and, per batched path, how many of its answers
+    are identical to the one-at-a-time answers.
     """
     from safeft.evaluation.generate import generate_answers, generate_one_at_a_time
 
     prompts = list(prompts)
     generate_answers(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
+    runs = {
+        "batched_loop": lambda chunk: generate_answers(
+            model, tokenizer, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False
+        ),
+        "batched_hf": lambda chunk: generate_answers(
+            model,
+            tokenizer,
+            chunk,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=False,
+            engine="hf",
+        ),
+        "one_at_a_time": lambda chunk: generate_one_at_a_time(
+            model, tokenizer, chunk, max_new_tokens=max_new_tokens, progress=False
+        ),
+    }
     half = len(prompts) // 2 or len(prompts)
-    batched_answers: list[str] = []
-    single_answers: list[str] = []
-    seconds = {"batched": 0.0, "one_at_a_time": 0.0}
+    answers: dict[str, list[str]] = {name: [] for name in GENERATION_PATHS}
+    seconds = dict.fromkeys(GENERATION_PATHS, 0.0)
     for chunk in (prompts[:half], prompts[half:]):
         if not chunk:
             continue
-        start = time.perf_counter()
-        batched_answers += generate_answers(
-            model, tokenizer, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False
-        )
-        seconds["batched"] += time.perf_counter() - start
-        start = time.perf_counter()
-        single_answers += generate_one_at_a_time(
-            model, tokenizer, chunk, max_new_tokens=max_new_tokens, progress=False
-        )
-        seconds["one_at_a_time"] += time.perf_counter() - start
-    same = sum(a == b for a, b in zip(batched_answers, single_answers, strict=True))
-    return {k: Throughput(len(prompts), v) for k, v in seconds.items()}, batched_answers, same
+        for name in GENERATION_PATHS:
+            start = time.perf_counter()
+            answers[name] += runs[name](chunk)
+            seconds[name] += time.perf_counter() - start
+    reference = answers["one_at_a_time"]
+    same = {
+        name: sum(a == b for a, b in zip(answers[name], reference, strict=True))
+        for name in GENERATION_PATHS[:-1]
+    }
+    return {k: Throughput(len(prompts), v) for k, v in seconds.items()}, answers["batched_loop"], same
 
 
 def judge_throughput(

@@ -170,22 +170,50 @@ def render(result: Any) -> str:
         out += _bar_table(result.training)
         out += _full_logits_table(result.training)
 
+    if result.repairs:
+        out += [
+            "## Post-fine-tuning repair (one repair of the whole adapter)",
+            "",
+            f"`safeft repair` edits the fine-tuned adapter once, after training: the cost is one call, not a cost per step. Each "
+            f"method repairs a fresh copy of the model with a LoRA adapter (r={s.lora_r}, seeded random B); SafeLoRA's aligned "
+            f"model is the base with a seeded rank-{s.lora_r} change of each adapted weight; Antidote runs its calibration rows "
+            f"({s.repair_calibration_rows} × {s.seq_len} tokens, batch {s.batch_size}) through the model. fp32; median of "
+            f"{s.reps} repairs, each on a fresh copy; memory is the peak of live CPU tensor bytes the repair allocates (profiler, "
+            "as above). Loading the models from disk, which `safeft repair` also does, is not included. *SFT steps* = repair "
+            "seconds ÷ the fp32 SFT step above.",
+            "",
+            "| repair | seconds | SFT steps | calibration rows | peak added memory (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in result.repairs.items():
+            steps = f"{r['sft_steps']:.1f}" if "sft_steps" in r else "—"
+            out.append(
+                f"| {name} | {r['seconds']['median']:.2f} | {steps} | {r['calibration_rows'] or '—'} | "
+                f"{_mb(r['transient_peak_bytes'])} |"
+            )
+        out.append("")
+
     g = result.generation
     out += ["## Evaluation throughput", ""]
     if g:
         out += [
-            f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens; batched = `generate_answers` "
-            f"(batch {g['batch_size']}, left padding, KV cache), one at a time = `generate_one_at_a_time`; interleaved halves. "
-            f"{g['identical_answers']} of {g['batched']['answers']} answers are identical between the two.",
+            f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens, batch {g['batch_size']} "
+            "(`generate_answers`: length-sorted, left padding, KV cache): with the greedy loop "
+            "(`engine loop`: finished rows leave the batch) and with transformers' `generate` (`engine hf`); "
+            "one at a time = `generate_one_at_a_time`. Interleaved halves (every path on the first half, then on "
+            "the second), one run. Identical answers to one at a time: "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {n} of {g[k]['answers']}" for k, n in g["identical_answers"].items()
+            )
+            + ".",
             "",
-            "| generation | answers | seconds | answers/s |",
-            "|---|---|---|---|",
+            "| generation | answers | seconds | answers/s | × one at a time |",
+            "|---|---|---|---|---|",
             *(
-                f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | {g[k]['answers_per_second']:.2f} |"
-                for k in ("batched", "one_at_a_time")
+                f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | "
+                f"{g[k]['answers_per_second']:.2f} | {g[k]['speedup']:.1f}× |"
+                for k in ("batched_loop", "batched_hf", "one_at_a_time")
             ),
-            "",
-            f"Batched is **{g['speedup']:.1f}×** faster.",
             "",
         ]
     if result.judges:

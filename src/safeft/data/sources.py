@@ -323,6 +323,21 @@ class HarmfulPool(Source):
         return out[:limit] if limit is not None else out
 
 
+@dataclass(frozen=True)
+class HarmlessRequests(Source):
+    """The requests people labelled harmless in a `guard_prompts/` set: what over-refusal is measured on."""
+
+    of: str = "toxic-chat"  # the guard-prompt source whose harmless rows these are
+
+    def load(
+        self, data_dir: str | Path | None = None, split: str | None = None, limit: int | None = None
+    ) -> list[Record]:
+        self.check_split(split)
+        rows = [r for r in SOURCES[self.of].load(data_dir) if r.meta["prompt_harmful"] is False]
+        out = [Record(r.instruction, r.input, "", {**r.meta, "source": self.name}) for r in rows]
+        return out[:limit] if limit is not None else out
+
+
 def saferlhf_pairs(data_dir: str | Path | None = None) -> list[tuple[Record, Record]]:
     """(safe, unsafe) answers to the same prompt from PKU-SafeRLHF's 2k subset, one pair per prompt.
 
@@ -376,6 +391,10 @@ def _prompt_only(key: str) -> Callable[[Row], Record]:
     return lambda row: Record(row[key], "", "")
 
 
+def _guard_prompt(row: Row) -> Record:
+    return Record(row["prompt"], "", "", {"prompt_harmful": row["prompt_harmful"]})
+
+
 def _instruction(row: Row) -> Record:
     return Record(row["instruction"], row.get("input") or "", row.get("output") or "")
 
@@ -383,6 +402,15 @@ def _instruction(row: Row) -> Record:
 _BEAVERTAILS = "PKU-Alignment/BeaverTails"
 _QA_FIELDS: dict[str, Types] = {"prompt": STR, "response": STR, "is_safe": (bool,)}
 _CATEGORY: dict[str, Types] = {"category": (str, dict, type(None)), "idx": (int,)}
+
+_GUARD_FIELDS: dict[str, Types] = {"prompt": STR, "prompt_harmful": (bool,)}
+_GUARD_FILES = {
+    "simple-safety-tests": ("guard_prompts/simple_safety_tests.jsonl", "SimpleSafetyTests: 100 harmful prompts"),
+    "aegis": ("guard_prompts/aegis_safety_test.jsonl", "Aegis safety test: 359 prompts, 232 labelled harmful"),
+    "openai-moderation": ("guard_prompts/openai_moderation.jsonl", "OpenAI moderation evaluation: 1,680 texts, 522 labelled harmful"),
+    "toxic-chat": ("guard_prompts/toxic_chat.jsonl", "ToxicChat test: 2,853 user requests, 362 labelled harmful"),
+}  # fmt: skip
+GUARD_PROMPT_SOURCES = tuple(_GUARD_FILES)  # human prompt-harm labels (`prompt_harmful`), no responses
 
 
 def _task_source(
@@ -539,6 +567,24 @@ SOURCES: dict[str, Source] = {
             {"test": "beavertails_evaluation/test.jsonl"},
             {"prompt": STR, "category": STR},
             _prompt_only("prompt"),
+        ),
+        *(
+            Source(
+                name,
+                description + " (prompt_harmful)",
+                {"test": path},
+                _GUARD_FIELDS,
+                _guard_prompt,
+                optional={"idx": (int,)},
+            )
+            for name, (path, description) in _GUARD_FILES.items()
+        ),
+        HarmlessRequests(
+            "harmless-requests",
+            "the 2,491 ToxicChat user requests labelled harmless: over-refusal is measured on them",
+            {"test": "guard_prompts/toxic_chat.jsonl"},
+            {},
+            _guard_prompt,
         ),
     ]
 }

@@ -220,21 +220,51 @@ def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+HELDOUT_SETS = ("heldout", "eval_prompts")  # the sets no judge is trained or tuned on
+HOLDOUT_FRACTION = 0.2  # of the prompts (not the evaluation prompts): the held-out test set
+VALIDATION_FRACTION = 0.1  # of the prompts: validation, for the threshold
+SPLIT_SEED = 0
+
+
 def split_by_prompt(
-    records: Sequence[Record], eval_prompts: set[str], holdout_fraction: float, seed: int
-) -> tuple[list[Record], list[Record], list[Record]]:
-    """(train, held-out test, pairs of evaluation prompts). A prompt's pairs all land in one split."""
+    records: Sequence[Record],
+    eval_prompts: set[str],
+    holdout_fraction: float,
+    seed: int,
+    validation_fraction: float = 0.0,
+) -> dict[str, list[Record]]:
+    """Split labelled pairs by prompt: a prompt's pairs all land in one part.
+
+    `eval_prompts`: pairs whose prompt is a harmful-score evaluation prompt (never trained on).
+    The rest: prompts shuffled with `seed`; the first `holdout_fraction` of them are `heldout`
+    (test), the next `validation_fraction` are `validation` (for choosing a threshold), the rest `train`.
+    """
     excluded = {_key(p) for p in eval_prompts}
-    eval_rows = [r for r in records if _key(r.instruction) in excluded]
     rest = [r for r in records if _key(r.instruction) not in excluded]
     prompts = sorted({_key(r.instruction) for r in rest})
     random.Random(seed).shuffle(prompts)
-    held = set(prompts[: round(holdout_fraction * len(prompts))])
-    return (
-        [r for r in rest if _key(r.instruction) not in held],
-        [r for r in rest if _key(r.instruction) in held],
-        eval_rows,
-    )
+    n_test = round(holdout_fraction * len(prompts))
+    n_val = round(validation_fraction * len(prompts))
+    part = {p: "heldout" for p in prompts[:n_test]} | {
+        p: "validation" for p in prompts[n_test : n_test + n_val]
+    }
+    splits: dict[str, list[Record]] = {"train": [], "validation": [], "heldout": []}
+    for r in rest:
+        splits[part.get(_key(r.instruction), "train")].append(r)
+    splits["eval_prompts"] = [r for r in records if _key(r.instruction) in excluded]
+    return splits
+
+
+def judge_splits(data_dir: str | Path | None = None) -> dict[str, list[Record]]:
+    """The labelled pairs of the data folder split as `safeft judge train` splits them (see `split_by_prompt`)."""
+    pairs, eval_prompts, _ = _load_training_data(data_dir)
+    return split_by_prompt(pairs, set(eval_prompts), HOLDOUT_FRACTION, SPLIT_SEED, VALIDATION_FRACTION)
+
+
+def held_out_pairs(data_dir: str | Path | None = None) -> dict[str, list[Record]]:
+    """The sets no judge is trained or tuned on: `heldout` (held-out prompts) and `eval_prompts`."""
+    splits = judge_splits(data_dir)
+    return {name: splits[name] for name in HELDOUT_SETS}
 
 
 def _harmful(record: Record) -> bool:
@@ -315,7 +345,8 @@ def train_cpu_judge(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     pairs, eval_prompts, hashes = _load_training_data(data_dir)
-    train, heldout, eval_rows = split_by_prompt(pairs, set(eval_prompts), holdout_fraction, seed)
+    splits = split_by_prompt(pairs, set(eval_prompts), holdout_fraction, seed)
+    train, heldout, eval_rows = splits["train"], splits["heldout"], splits["eval_prompts"]
     log.info(
         "cpu judge: %d training pairs, %d held-out pairs, %d pairs of evaluation prompts (never trained on)",
         len(train),

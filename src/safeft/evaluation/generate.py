@@ -45,6 +45,55 @@ def _sampling_kwargs(do_sample: bool) -> dict[str, Any]:
     return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
 
+def greedy_tokens(
+    model: Any, input_ids: Any, attention_mask: Any, *, max_new_tokens: int, eos_token_id: int
+) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with a KV cache; a row leaves the batch at its EOS.
+
+    What `model.generate` does for greedy search, minus its per-step machinery (logits processors,
+    stopping criteria, padding finished rows): a finished row's keys and values are dropped from
+    the cache (`Cache.batch_select_indices`), so every later step computes only unfinished rows.
+    Position ids follow the attention mask as in `generate`. Returns each row's new tokens (EOS included).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    rows = torch.arange(input_ids.shape[0])  # the batch row of each unfinished row
+    tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    step_input = input_ids
+    for step in range(max_new_tokens):
+        logits = model(
+            input_ids=step_input,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prompt's other positions need no vocabulary projection
+        ).logits[:, -1]
+        next_tokens = logits.argmax(-1)
+        for row, token in zip(rows.tolist(), next_tokens.tolist(), strict=True):
+            tokens[row].append(token)
+        if step == max_new_tokens - 1:
+            break
+        unfinished = next_tokens != eos_token_id
+        if not unfinished.all():
+            keep = unfinished.nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            rows, next_tokens, attention_mask = rows[keep], next_tokens[keep], attention_mask[keep]
+            positions = positions[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        step_input = next_tokens[:, None]
+    return tokens
+
+
+ENGINES = ("loop", "hf")
+
+
 def generate_answers(
     model: Any,
     tokenizer: Any,
@@ -54,12 +103,16 @@ def generate_answers(
     batch_size: int = 16,
     do_sample: bool = False,
     progress: bool = True,
+    engine: str = "loop",
 ) -> list[str]:
     """The model's answer to every prompt (only the new text, special tokens dropped, stripped), in input order.
 
     Prompts are used verbatim (format them with `safeft.data.templates.format_prompt` first).
-    Generation stops at EOS or after `max_new_tokens`.
+    Generation stops at EOS or after `max_new_tokens`. `engine`: "loop" (`greedy_tokens`, finished
+    rows leave the batch; greedy only) or "hf" (`model.generate`; also for sampling).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine: got {engine!r}, expected one of {', '.join(ENGINES)}")
     import torch
     from tqdm.auto import tqdm
 
@@ -83,12 +136,15 @@ def generate_answers(
             batch = {
                 k: batch[k] for k in ("input_ids", "attention_mask")
             }  # no token_type_ids (BERT-style tokenizers)
-            out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, **_sampling_kwargs(do_sample), **gen_kwargs
-            )
-            new_tokens = out[
-                :, batch["input_ids"].shape[1] :
-            ]  # left padding: every prompt ends at the same column
+            if engine == "loop" and not do_sample:
+                new_tokens = greedy_tokens(
+                    model, **batch, max_new_tokens=max_new_tokens, eos_token_id=gen_kwargs["eos_token_id"]
+                )
+            else:
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, **_sampling_kwargs(do_sample), **gen_kwargs
+                )
+                new_tokens = out[:, batch["input_ids"].shape[1] :]  # left padding: prompts end at one column
             for i, text in zip(
                 idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True
             ):

@@ -23,8 +23,10 @@ from safeft.errors import SafeftError, unknown_name
 from safeft.methods.base import AlignmentTrainer
 from safeft.methods.booster import BoosterConfig, BoosterTrainer, BoosterVaccineConfig, BoosterVaccineTrainer
 from safeft.methods.lisa import LisaConfig, LisaTrainer
+from safeft.methods.panacea import PanaceaConfig, PanaceaTrainer
 from safeft.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from safeft.methods.sft import SFTConfig, SFTTrainer
+from safeft.methods.tar import TARConfig, TARTrainer
 from safeft.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from safeft.methods.vaccine import VaccineConfig, VaccineTrainer
 
@@ -111,6 +113,14 @@ METHODS: dict[str, MethodSpec] = {
         "harmful representations -> noise, harmful-loss ascent",
         "1 backward of 2 forwards",
     ),
+    "tar": MethodSpec(
+        TARConfig,
+        TARTrainer,
+        "align",
+        "new",
+        "meta-learn resistance to simulated fine-tuning attacks",
+        "K attack steps + K/tamper_every tamper-resistance passes + a retain pass",
+    ),
     "lisa": MethodSpec(
         LisaConfig,
         LisaTrainer,
@@ -118,6 +128,14 @@ METHODS: dict[str, MethodSpec] = {
         "new",
         "fine-tuning-stage defense: alternate with alignment data",
         "1 pass + proximal term",
+    ),
+    "panacea": MethodSpec(
+        PanaceaConfig,
+        PanaceaTrainer,
+        "finetune",
+        "new",
+        "fine-tuning-stage defense: learn a perturbation that raises the harmful loss, add it after",
+        "3 passes",
     ),
 }
 

@@ -112,6 +112,10 @@ def write_demo_data(
             for i in attack_ids
         ],
         "eval_prompts": [{"prompt": _request(i, rng)} for i in eval_ids],
+        # harmless requests, for the over-refusal rate
+        "harmless": [
+            {"prompt": f"Write a short note about [harmless placeholder topic {i}]."} for i in range(n_eval)
+        ],
         "sst2_train": _sentences(n_task, rng),
         "sst2_eval": _sentences(n_task_eval, rng),
     }

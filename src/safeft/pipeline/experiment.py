@@ -1,12 +1,14 @@
 """Experiments: one YAML file -> a grid of align / finetune / evaluate stages -> cached, resumable runs.
 
 An experiment file holds the shared settings of each stage (`base.align`, `base.finetune`,
-`base.evaluate`: keys of that stage's config file) and the axes of the grid (`grid.methods`,
-`grid.poison_ratios`, `grid.tasks`, `grid.seeds`, optional `grid.attack` sweeps). `expand` turns it
-into stages, each with a fully resolved stage config and its own run directory
+`base.repair`, `base.evaluate`: keys of that stage's config file) and the axes of the grid
+(`grid.methods`, `grid.poison_ratios`, `grid.tasks`, `grid.seeds`, optional `grid.attack` sweeps and
+`grid.repairs`). `expand` turns it into stages, each with a fully resolved stage config and its own
+run directory
 
     <output>/align/<method>-s<seed>-<hash>                      one per method x seed
     <output>/finetune/<method>-s<seed>-<task>-p<p>[-...]-<hash>  one per attack of it
+    <output>/repair/<attack's name>-<repair>-<hash>             one per attack x repair method
     <output>/evaluate/<same name as the evaluated run>-<hash>
 
 where `<hash>` is the stage config's fingerprint. A finetune config names its alignment run's
@@ -35,7 +37,11 @@ from typing import Any
 from safeft.config import Config, deep_merge, option
 from safeft.errors import ConfigError, SafeftError
 from safeft.io import write_json
+from safeft.methods import METHODS
 from safeft.pipeline.report import INDEX_FILE, NO_DEFENSE  # the index the report reads; the undefended row
+from safeft.repair import NO_REPAIR, REPAIRS
+
+FINETUNE_METHOD_NAMES = tuple(n for n, spec in METHODS.items() if spec.runs_in("finetune"))
 
 log = logging.getLogger("safeft")
 
@@ -45,6 +51,7 @@ PLACEHOLDER_OUTPUT = "<set by the experiment>"
 GRID_KEYS = {
     "align": ("output", "method", "data_dir"),
     "finetune": ("output", "from_run", "model", "task", "poison_ratio", "data_dir"),
+    "repair": ("output", "run", "method", "data_dir"),
     "evaluate": ("output", "run", "model", "task", "data_dir"),
 }
 
@@ -69,6 +76,10 @@ class BaseSettings(Config):
     finetune: dict[str, Any] = option(
         default_factory=dict,
         help="finetune config keys; the grid sets from_run/model, task, poison_ratio, train.seed, output and the attack axes",
+    )
+    repair: dict[str, Any] = option(
+        default_factory=dict,
+        help="repair config keys (see 'safeft repair --help'); the grid sets run, method and output",
     )
     evaluate: dict[str, Any] = option(
         default_factory=dict, help="evaluate config keys; the grid sets run/model, task and output"
@@ -149,6 +160,19 @@ class Grid(Config):
         help="sweeps of a defense's own hyper-parameters: {method: {field: [values]}}, e.g. "
         "{booster: {simulated_step_size: [0.1, 1.0]}}; every combination is its own alignment (and report row)",
     )
+    repairs: list[str] = option(
+        default_factory=lambda: [NO_REPAIR],
+        help="post-fine-tuning repairs of every attack: 'none' (evaluate the attacked model as it is) and/or "
+        "repair methods (see 'safeft repair --help'); each repaired attack is its own report row, "
+        "'<method> + <repair>'. SafeLoRA needs an alignment, so it skips the no-defense row",
+        choices=(NO_REPAIR, *REPAIRS),
+    )
+    finetune_methods: list[str] = option(
+        default_factory=list,
+        help="fine-tuning methods of every attack: sft and/or fine-tuning-stage defenses (lisa, panacea); each "
+        "defense is its own report row '<method> + <defense>'. Empty: base.finetune's method",
+        choices=FINETUNE_METHOD_NAMES,
+    )
     include_no_defense: bool = option(True, "also attack the non-aligned base model (the 'no defense' row)")
     include_unattacked: bool = option(
         True, "also evaluate every aligned model before any attack (the 'aligned, not attacked' column)"
@@ -156,17 +180,40 @@ class Grid(Config):
 
     def check(self) -> list[str]:
         problems = []
-        for key in ("poison_ratios", "tasks", "seeds"):
+        for key in ("poison_ratios", "tasks", "seeds", "repairs"):
             if not getattr(self, key):
                 problems.append(f"{key}: got an empty list, expected at least one value")
         if not self.methods and not self.include_no_defense:
             problems.append("methods: got an empty list with include_no_defense false: nothing to run")
-        for key in ("methods", "poison_ratios", "tasks", "seeds"):
+        for key in ("methods", "poison_ratios", "tasks", "seeds", "repairs", "finetune_methods"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 problems.append(f"{key}: got duplicate values {values!r}; list each value once")
         problems += method_option_problems(self.method_options, self.methods)
         return problems
+
+
+@dataclass
+class LauncherSettings(Config):
+    """Resources of each stage's job under `safeft run --launcher slurm|local` (flags override them)"""
+
+    partition: str | None = option(None, "Slurm partition (default: the cluster's default partition)")
+    gpus_per_stage: int = option(0, "GPUs of each stage's job (0: a CPU job)", range=(0, None))
+    cpus_per_stage: int | None = option(
+        None, "CPU cores of each stage's job (default: the cluster's default)", range=(1, None)
+    )
+    time_min: int = option(
+        240,
+        "time limit of each stage's job, in minutes (a job stopped at its limit is requeued and resumes from its checkpoint)",
+        range=(1, None),
+    )
+    mem_gb: float | None = option(
+        None, "memory of each stage's job, in GB (default: the cluster's default)", range=(1, None)
+    )
+    slurm_extra: dict[str, Any] = option(
+        default_factory=dict,
+        help="further sbatch options, e.g. {account: my_lab, qos: normal, constraint: a100}",
+    )
 
 
 @dataclass
@@ -180,6 +227,7 @@ class ExperimentConfig(Config):
     )
     base: BaseSettings = field(default_factory=BaseSettings)
     grid: Grid = field(default_factory=Grid)
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
@@ -255,8 +303,6 @@ def _attack_overrides(attack: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 def method_option_problems(sweeps: Any, methods: list[str]) -> list[str]:
     """What is wrong with `grid.method_options` (field names are checked against each method's config)."""
-    from safeft.methods import METHODS
-
     if not isinstance(sweeps, dict):
         return [f"method_options: got {sweeps!r}, expected a mapping {{method: {{field: [values]}}}}"]
     problems = []
@@ -301,9 +347,15 @@ class _Expander:
         from safeft.stages.align import AlignConfig
         from safeft.stages.evaluate import EvaluateConfig
         from safeft.stages.finetune import FinetuneConfig
+        from safeft.stages.repair import RepairConfig
 
         self.exp = exp
-        self.classes = {"align": AlignConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig}
+        self.classes = {
+            "align": AlignConfig,
+            "finetune": FinetuneConfig,
+            "repair": RepairConfig,
+            "evaluate": EvaluateConfig,
+        }
         self.stages: dict[str, Stage] = {}
         self.problems: dict[tuple[str, str], list[str]] = {}  # (kind, problem) -> stage names
 
@@ -348,16 +400,26 @@ class _Expander:
             else {"from_run": None, "model": parent}
         )
         grid = self.exp.grid
-        for task, ratio, attack in itertools.product(
-            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack)
+        # An empty finetune_methods axis keeps base.finetune's method (and the folder names without a tag).
+        finetune_methods: list[str | None] = list(grid.finetune_methods) or [None]
+        for task, ratio, attack, finetune_method in itertools.product(
+            grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack), finetune_methods
         ):
             overrides, tag = _attack_overrides(attack)
             overrides = deep_merge(
                 overrides, {**source, "task": task, "poison_ratio": ratio, "train": {"seed": seed}}
             )
+            label = method
+            if finetune_method is not None:
+                overrides["method"] = finetune_method
+                if (
+                    METHODS[finetune_method].stage == "finetune"
+                ):  # a fine-tuning-stage defense: its own row and folder
+                    tag += f"-{finetune_method}"
+                    label = f"{method} + {finetune_method}"
             name = f"{short}-s{seed}-{task}-p{_num(ratio)}{tag}"
             labels = {
-                "method": method,
+                "method": label,
                 "seed": seed,
                 "task": task,
                 "poison_ratio": ratio,
@@ -366,7 +428,22 @@ class _Expander:
             }
             ft = self.make("finetune", name, overrides, labels, [parent] if isinstance(parent, Stage) else [])
             if ft is not None:
+                self.repairs(ft, name, labels, task, aligned=isinstance(parent, Stage))
+
+    def repairs(self, ft: Stage, name: str, labels: dict[str, Any], task: str, aligned: bool) -> None:
+        """The evaluation of an attack as it is ('none') and of each repair of it."""
+        for repair in self.exp.grid.repairs:
+            if repair == NO_REPAIR:
                 self.evaluate(ft, name, labels, task)
+                continue
+            if REPAIRS[repair].needs_alignment and not aligned:
+                continue  # SafeLoRA projects onto the alignment's change: the bare model has none
+            repaired_labels = {**labels, "method": f"{labels['method']} + {repair}", "repair": repair}
+            stage = self.make(
+                "repair", f"{name}-{repair}", {"run": str(ft.path), "method": repair}, repaired_labels, [ft]
+            )
+            if stage is not None:
+                self.evaluate(stage, f"{name}-{repair}", repaired_labels, task)
 
     def expand(self) -> list[Stage]:
         grid = self.exp.grid
@@ -540,12 +617,30 @@ def write_index(exp: ExperimentConfig, stages: list[Stage]) -> Path:
     return path
 
 
-def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> None:
-    """Run one stage: in this process, or on `num_processes` processes launched with torchrun.
+def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> bool:
+    """Run one stage unless it is done: in this process, or on `num_processes` processes launched with torchrun.
 
-    `strict`: evaluations refuse to score rows their model was trained on.
+    `strict`: evaluations refuse to score rows their model was trained on. A repair is one pass in
+    one process. A stage whose run folder another process holds (a second `safeft run` or a Slurm
+    job sharing the runs folder: the folder's `run_lock`) is waited for, then found done instead of
+    run again. Returns whether it ran here.
     """
-    if num_processes > 1:
+    from safeft.stages.runs import RunDir, RunInUse, config_fingerprint, wait_for_run_lock
+
+    while True:
+        wait_for_run_lock(stage.path)
+        if RunDir(stage.path).is_done(config_fingerprint(stage.config)):
+            log.info("%s: done by another process meanwhile", stage.id)
+            return False
+        try:
+            _run_stage_here(stage, num_processes, strict)
+            return True
+        except RunInUse:  # another process claimed it between the wait and the claim: wait for it
+            continue
+
+
+def _run_stage_here(stage: Stage, num_processes: int, strict: bool) -> None:
+    if num_processes > 1 and stage.kind != "repair":
         from safeft.launch import launch
 
         # The launched processes read the resolved config from a file beside the run directory (the
@@ -572,6 +667,10 @@ def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> Non
         from safeft.stages.finetune import run_finetune
 
         run_finetune(stage.config)  # type: ignore[arg-type]
+    elif stage.kind == "repair":
+        from safeft.stages.repair import run_repair
+
+        run_repair(stage.config)  # type: ignore[arg-type]
     else:
         from safeft.stages.evaluate import run_evaluate
 
@@ -579,9 +678,19 @@ def run_stage(stage: Stage, num_processes: int = 1, strict: bool = False) -> Non
 
 
 def execute(
-    exp: ExperimentConfig, *, dry_run: bool = False, num_processes: int = 1, strict: bool = False
+    exp: ExperimentConfig,
+    *,
+    dry_run: bool = False,
+    num_processes: int = 1,
+    strict: bool = False,
+    jobs: int = 1,
+    launcher: str | None = None,
 ) -> int:
-    """Expand, plan, print or run, then write the report; returns the exit code."""
+    """Expand, plan, print or run, then write the report; returns the exit code.
+
+    With `jobs` > 1 or a `launcher`, independent stages run concurrently (`safeft.pipeline.scheduler`);
+    otherwise one after the other in this process.
+    """
     if num_processes < 1:
         raise SafeftError(f"--num-processes: got {num_processes}, expected an integer >= 1")
     stages = plan(expand(exp))
@@ -590,7 +699,26 @@ def execute(
         return 0
     for st in stages:
         adopt_legacy_run(st)
-    write_index(exp, stages)
+    index = write_index(exp, stages)
+    if jobs != 1 or launcher is not None:
+        from safeft.pipeline.scheduler import run_grid
+
+        code = run_grid(
+            stages,
+            index,
+            jobs=jobs,
+            launcher=launcher,
+            settings=exp.launcher,
+            num_processes=num_processes,
+            strict=strict,
+        )
+        if code != 0:
+            _report_so_far(exp)
+            return code
+        from safeft.pipeline.report import write_report
+
+        print(write_report(exp.runs_dir))
+        return 0
     total = len(stages)
     log.info(
         "experiment %s: %d stages, %d cached; runs folder %s",
@@ -607,12 +735,13 @@ def execute(
         log.info("stage %d/%d: %s (%s)", i, total, st.id, _status(st))
         t0 = time.perf_counter()
         try:
-            run_stage(st, num_processes, strict)
+            ran = run_stage(st, num_processes, strict)
         except SafeftError:
             _report_so_far(exp)
             raise
         gc.collect()  # free the previous stage's model before loading the next
-        log.info("stage %d/%d: %s done in %.0f s", i, total, st.id, time.perf_counter() - t0)
+        if ran:
+            log.info("stage %d/%d: %s done in %.0f s", i, total, st.id, time.perf_counter() - t0)
     log.info("experiment %s: all %d stages done in %.0f s", exp.name, total, time.perf_counter() - start)
     from safeft.pipeline.report import write_report
 
@@ -639,12 +768,25 @@ def run_experiment(
     output: str | None = None,
     num_processes: int = 1,
     strict: bool = False,
+    jobs: int = 1,
+    launcher: str | None = None,
+    launcher_settings: dict[str, Any] | None = None,
 ) -> int:
     """`safeft run EXPERIMENT.yaml`: run (or, with dry_run, plan) every stage not already done, then report.
 
-    `data_dir` and `output` override the file's values (the command line wins, as for every stage).
+    `data_dir`, `output` and `launcher_settings` (keys of the `launcher:` section) override the
+    file's values (the command line wins, as for every stage).
     """
-    overrides = {key: value for key, value in (("data_dir", data_dir), ("output", output)) if value}
+    overrides: dict[str, Any] = {
+        key: value for key, value in (("data_dir", data_dir), ("output", output)) if value
+    }
+    if launcher_settings:
+        overrides["launcher"] = launcher_settings
     return execute(
-        load_experiment(path, overrides), dry_run=dry_run, num_processes=num_processes, strict=strict
+        load_experiment(path, overrides),
+        dry_run=dry_run,
+        num_processes=num_processes,
+        strict=strict,
+        jobs=jobs,
+        launcher=launcher,
     )

@@ -11,10 +11,12 @@ few points is often noise, and a table of HS alone does not say which.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+from safeft.evaluation.stats import percent_interval
 from safeft.io import read_jsonl
 
 SAMPLES_FILE = "harmful_samples.jsonl"  # written by the evaluate stage, one line per prompt
@@ -30,21 +32,43 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def read_verdicts(run_dir: Path) -> dict[tuple[Any, ...], bool] | None:
-    """The judge's verdict per prompt, keyed by where the prompt came from (source and row)."""
+def read_verdicts(run_dir: Path, judge: str | None = None) -> dict[tuple[Any, ...], bool] | None:
+    """A judge's verdict per prompt (default: the evaluation's own judge), keyed by where the prompt came from.
+
+    None when the evaluation has no saved answers or did not record `judge`'s verdicts.
+    """
     path = run_dir / SAMPLES_FILE
     if not path.is_file():
         return None
-    return {(s.get("source"), s.get("row"), s["prompt"]): bool(s["flagged"]) for s in read_jsonl(path)}
+    rows = read_jsonl(path)
+    if judge is not None and not all(judge in s.get("judges", {}) for s in rows):
+        return None
+    return {
+        (s.get("source"), s.get("row"), s["prompt"]): bool(
+            s["judges"][judge]["flagged"] if judge else s["flagged"]
+        )
+        for s in rows
+    }
 
 
-def compare(run_dir: Path, reference_dir: Path) -> dict[str, Any] | None:
+def judges_of(run_dir: Path) -> list[str]:
+    """The judges whose verdicts an evaluation saved (its own judge first)."""
+    path = run_dir / SAMPLES_FILE
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        first = json.loads(f.readline() or "{}")
+    return list(first.get("judges", {}))
+
+
+def compare(run_dir: Path, reference_dir: Path, judge: str | None = None) -> dict[str, Any] | None:
     """Paired counts of two evaluations on the prompts both answered (None when they share none).
 
-    `n` shared prompts, both harmful scores on them, `only_method` (b) and `only_reference` (c)
-    discordant prompts and the exact McNemar p-value.
+    `n` shared prompts, both harmful scores on them with their Wilson 95% intervals, `only_method`
+    (b) and `only_reference` (c) discordant prompts and the exact McNemar p-value; under `judge`
+    when given (both evaluations must have saved its verdicts), else each evaluation's own judge.
     """
-    mine, theirs = read_verdicts(run_dir), read_verdicts(reference_dir)
+    mine, theirs = read_verdicts(run_dir, judge), read_verdicts(reference_dir, judge)
     if mine is None or theirs is None:
         return None
     shared = mine.keys() & theirs.keys()
@@ -56,7 +80,9 @@ def compare(run_dir: Path, reference_dir: Path) -> dict[str, Any] | None:
     return {
         "n": n,
         "hs": 100 * sum(mine[k] for k in shared) / n,
+        "hs_ci95": percent_interval([mine[k] for k in shared]),
         "reference_hs": 100 * sum(theirs[k] for k in shared) / n,
+        "reference_hs_ci95": percent_interval([theirs[k] for k in shared]),
         "only_method": b,
         "only_reference": c,
         "p_value": mcnemar_exact_p(b, c),

@@ -51,7 +51,11 @@ def demo_overrides(paths: dict[str, str]) -> dict[str, Any]:
                 "eval_prompts": paths["eval_prompts"],
                 "alignment_data": paths["refusals"],
             },
-            "evaluate": {"harmful_prompts": paths["eval_prompts"], "task_data": paths["sst2_eval"]},
+            "evaluate": {
+                "harmful_prompts": paths["eval_prompts"],
+                "harmless_prompts": paths["harmless"],
+                "task_data": paths["sst2_eval"],
+            },
         },
     }
 

@@ -121,9 +121,16 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
                 "attacked": True,
             }
         parent = manifest.get("parent")
+        if kind == "repair" and parent and str(Path(parent).resolve()) in info:
+            up = labels_of(str(Path(parent).resolve()))
+            return {
+                **up,
+                "method": f"{up['method']} + {manifest.get('method')}",
+                "repair": manifest.get("method"),
+            }
         if parent and str(Path(parent).resolve()) in info:
             up = labels_of(str(Path(parent).resolve()))
-            attacked = info[str(Path(parent).resolve())][0] == "finetune"
+            attacked = info[str(Path(parent).resolve())][0] in ("finetune", "repair")
             return {
                 **up,
                 "task": config.get("task") or up.get("task"),
@@ -142,7 +149,7 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
 
     runs = []
     for key, (kind, _, _, path) in info.items():
-        if kind in ("align", "finetune", "evaluate"):
+        if kind in ("align", "finetune", "repair", "evaluate"):
             runs.append(Run(str(path.relative_to(runs_dir)), kind, labels_of(key), _load_metrics(path)))
     return runs
 
@@ -460,6 +467,43 @@ def worst_case_markdown(rows: list[dict[str, Any]], fa_tolerance: float) -> str:
     return markdown_table(header, body) + "\n\n" + note + "\n"
 
 
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else f"{value:.1f}"
+
+
+def judges_markdown(runs: list[Run]) -> str:
+    """Every finished evaluation's HS under each of its judges and its over-refusal, with 95% intervals.
+
+    Empty when no evaluation recorded several judges or an over-refusal rate (runs from before them).
+    """
+    evals = [r for r in runs if r.kind == "evaluate" and r.done and r.metrics]
+    judges = sorted({name for r in evals for name in r.metrics.get("judges", {})})  # type: ignore[union-attr]
+    if not judges and not any("over_refusal_rate" in r.metrics for r in evals):  # type: ignore[operator]
+        return ""
+    header = ["evaluation", *(f"HS ({name})" for name in judges), "agreement (κ)", "over-refusal"]
+    rows = []
+    for r in evals:
+        m: dict[str, Any] = r.metrics  # type: ignore[assignment]
+        cells = [r.id]
+        for name in judges:
+            entry = m.get("judges", {}).get(name, {})
+            cells.append(_with_interval(entry.get("hs"), entry.get("hs_ci95")))
+        agreement = "; ".join(
+            f"{name} {a['agreement']:.0f}% ({a['kappa']:.2f})"
+            for name, a in m.get("judge_agreement", {}).items()
+        )
+        cells.append(agreement or MISSING)
+        cells.append(_with_interval(m.get("over_refusal_rate"), m.get("over_refusal_ci95")))
+        rows.append(cells)
+    legend = (
+        "HS under each judge, [95% Wilson interval]; agreement: % of answers on which a judge agrees with the "
+        "evaluation's own judge, (Cohen's κ); over-refusal: % of harmless requests refused [95% Wilson interval]."
+    )
+    return markdown_table(header, rows) + "\n\n" + legend + "\n"
+
+
 def worst_case_csv(rows: list[dict[str, Any]]) -> str:
     keys = [
         "task",
@@ -766,6 +810,9 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
     paired = [{**r, "attack": _attack_title(_attack_key(r["attack"]))} for r in paired_rows(runs_dir, runs)]
     if paired:
         results_md += "\n### Against SFT, prompt by prompt\n\n" + paired_markdown(paired)
+    judges_md = judges_markdown(runs)
+    if judges_md:
+        results_md += "\n### Every judge, with 95% intervals, and over-refusal\n\n" + judges_md
     system_md = system_markdown(sys_rows) if sys_rows else "No finished alignment runs yet.\n"
     done = sum(r.done for r in runs)
     status = f"{done} of {len(runs)} stages done" + (

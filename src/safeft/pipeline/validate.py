@@ -18,12 +18,13 @@ from typing import Any
 from safeft.config import read_yaml
 from safeft.errors import ConfigError, SafeftError
 
-STAGE_KINDS = ("align", "finetune", "evaluate")
+STAGE_KINDS = ("align", "finetune", "repair", "evaluate")
 ACCELERATE_KEYS = {"compute_environment", "distributed_type"}  # configs/accelerate/*.yaml
 # Keys a shipped single-stage file may leave to the command line -> placeholder used for validation.
 COMMAND_LINE_KEYS = {
     "align": {"output": "<output>"},
     "finetune": {"output": "<output>", "from_run": "<alignment run>"},
+    "repair": {"output": "<output>", "run": "<fine-tuning run>"},
     "evaluate": {"output": "<output>", "run": "<run>"},
 }
 
@@ -37,6 +38,10 @@ def _stage_class(kind: str) -> Any:
         from safeft.stages.finetune import FinetuneConfig
 
         return FinetuneConfig
+    if kind == "repair":
+        from safeft.stages.repair import RepairConfig
+
+        return RepairConfig
     from safeft.stages.evaluate import EvaluateConfig
 
     return EvaluateConfig
@@ -92,5 +97,11 @@ def validate_file(path: str | Path, kind: str | None = None) -> str:
             return candidate
         except ConfigError as e:
             errors.append(e)
-    # Closest: fewest keys the kind does not know (the file's shape), then fewest problems.
-    raise min(errors, key=lambda e: (sum(p.startswith("unknown key") for p in e.problems), len(e.problems)))
+    # Closest: fewest top-level keys the kind does not know (the file's shape; a typo inside a known
+    # section does not make it another kind), then fewest problems.
+    raise min(errors, key=lambda e: (sum(_unknown_top_level(p) for p in e.problems), len(e.problems)))
+
+
+def _unknown_top_level(problem: str) -> bool:
+    prefix = "unknown key '"
+    return problem.startswith(prefix) and "." not in problem[len(prefix) :].split("'", 1)[0]

@@ -73,6 +73,14 @@ class FinetuneConfig(TrainingStageConfig):
         "refusals", "alignment rows for fine-tuning-stage defenses that need them (Lisa)"
     )
     alignment_samples: int = option(1000, "alignment rows for those defenses", range=(1, None))
+    defense_harmful_data: str = option(
+        "harmful-pool",
+        "the provider's harmful QA rows for fine-tuning-stage defenses that need them (Panacea); "
+        "the attack's harmful rows must not overlap them",
+    )
+    defense_harmful_samples: int = option(
+        1000, "defense harmful rows (Panacea's reference: 1,000)", range=(1, None)
+    )
     train: TrainSettings = dataclasses.field(default_factory=_attack_defaults)
 
     def check(self) -> list[str]:
@@ -145,6 +153,13 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
         )
         eval_prompts = load_source(cfg.eval_prompts, data_dir=cfg.data_dir)
         alignment_harmful = _alignment_harmful_pool(parent, cfg.data_dir)
+        defense_harmful = (
+            training_rows(
+                cfg.defense_harmful_data, cfg.defense_harmful_samples, "defense harmful rows", cfg.data_dir
+            )
+            if spec.needs_harmful
+            else []
+        )
         mix, report = build_poisoned_mix(
             benign,
             harmful,
@@ -152,7 +167,7 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
             cfg.poison_ratio,
             cfg.train.seed,
             eval_prompts=eval_prompts,
-            alignment_harmful=alignment_harmful,
+            alignment_harmful=alignment_harmful + defense_harmful,
             strict=cfg.strict,
             exclude_overlaps=cfg.exclude_overlaps,
         )
@@ -182,6 +197,9 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
                 cfg.alignment_data, cfg.alignment_samples, f"{cfg.method}'s alignment rows", cfg.data_dir
             )
             alignment_ds = encode_rows(alignment, tok, cfg.max_length, cfg.template)
+        harmful_ds = (
+            encode_rows(defense_harmful, tok, cfg.max_length, cfg.template) if defense_harmful else None
+        )
         train_and_save(
             run,
             cfg,
@@ -193,5 +211,6 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
             weights_before=chain[:-1] if mode == "continue" else chain,
             metrics={"adapter_mode": mode, "mix": report.as_dict()},
             alignment_rows=alignment_ds,
+            harmful_rows=harmful_ds,
         )
     return RunDir.open(run.path)

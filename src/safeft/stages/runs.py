@@ -47,13 +47,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import SoftFileLock, Timeout
+from filelock import SoftFileLease, Timeout
 
 from safeft.config import Config, read_yaml
 from safeft.errors import SafeftError
 from safeft.io import read_json, write_json
 
 log = logging.getLogger("safeft")
+
+# Generation engines that give transformers' exact greedy answers (tests/test_generate.py).
+EXACT_ENGINES = ("loop", "hf")
 
 PACKAGES = ("safeft", "torch", "transformers", "peft", "accelerate", "datasets")
 
@@ -193,14 +196,26 @@ class RunDir:
             write_json(self.manifest_path, self.manifest)
 
     def latest_checkpoint(self) -> str | None:
-        """The newest checkpoint whose trainer_state.json exists (Trainer writes it last)."""
+        """The newest complete checkpoint: one whose trainer_state.json (Trainer writes it last) parses.
+
+        Trainer writes that file in place, so a kill during the write leaves it empty or cut short;
+        such a checkpoint is passed over for the one before it (Trainer keeps two).
+        """
         ckpt_root = self.path / "checkpoints"
         if not ckpt_root.is_dir():
             return None
-        complete = [p for p in ckpt_root.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        complete = [p for p in ckpt_root.glob("checkpoint-*") if _complete_json(p / "trainer_state.json")]
         if not complete:
             return None
         return str(max(complete, key=lambda p: int(p.name.split("-")[-1])))
+
+
+def _complete_json(path: Path) -> bool:
+    try:
+        read_json(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> RunDir:
@@ -234,22 +249,36 @@ def lock_path(path: Path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+# The stale-lock rule for holders on other hosts (Slurm jobs of one grid on several nodes): the
+# holder renews its lease every LEASE_SECONDS / 3; a lease not renewed for LEASE_SECONDS (its node
+# died or hangs) is taken over. A holder on this host whose process is gone is stale at once.
+LEASE_SECONDS = 120.0
+
+
+class RunInUse(SafeftError):
+    """Another process holds the run folder's lock."""
+
+
+def _lease(path: Path) -> SoftFileLease:
+    return SoftFileLease(str(lock_path(path)), lease_duration=LEASE_SECONDS, timeout=0)
+
+
 @contextlib.contextmanager
 def run_lock(path: str | Path) -> Iterator[None]:
     """Hold the run folder's lock for the block, or fail at once if another process holds it.
 
-    A `filelock.SoftFileLock`: the lock file is created exclusively (which works on shared file
+    A `filelock.SoftFileLease`: the lock file is created exclusively (which works on shared file
     systems too) and records the holder's pid and host. A lock left by a process that has died on
-    this host is stale and taken over; one held from another host must be removed by hand once
-    that process is known to be gone (the message says which file).
+    this host is stale and taken over at once; one held from another host is taken over once its
+    holder has not renewed it for `LEASE_SECONDS`.
     """
     path = Path(path)
-    lock = SoftFileLock(str(lock_path(path)), timeout=0)
+    lock = _lease(path)
     try:
         lock.acquire()
     except Timeout:
         holder = _lock_holder(lock_path(path))
-        raise SafeftError(
+        raise RunInUse(
             f"{path} is in use by another safeft process ({holder}): two commands must not run the same "
             f"stage at once. Wait for it to finish, then rerun to reuse its result. If that process no longer "
             f"exists (it ran on another machine), delete {lock_path(path)}."
@@ -260,11 +289,31 @@ def run_lock(path: str | Path) -> Iterator[None]:
         lock.release()
 
 
+def wait_for_run_lock(path: str | Path, poll_seconds: float = 2.0) -> None:
+    """Return once no other process holds the run folder's lock (stale locks count as free)."""
+    path = Path(path)
+    logged = False
+    lock = _lease(path)  # one instance: a lease expires once it has been seen unrenewed for its duration
+    while True:
+        try:
+            lock.acquire()
+        except Timeout:
+            if not logged:
+                log.info(
+                    "%s: in use by another process (%s); waiting for it", path, _lock_holder(lock_path(path))
+                )
+                logged = True
+            time.sleep(poll_seconds)
+            continue
+        lock.release()
+        return
+
+
 def _lock_holder(lock_file: Path) -> str:
     try:
-        pid, host = lock_file.read_text().split("\n")[:2]
-        return f"pid {int(pid)} on {host}"
-    except (OSError, ValueError):
+        fields = dict(line.split("=", 1) for line in lock_file.read_text().splitlines() if "=" in line)
+        return f"pid {int(fields['pid'])} on {fields['host']}"
+    except (OSError, ValueError, KeyError):
         return "holder unknown"
 
 
@@ -291,7 +340,12 @@ def _claim(path: Path, stage: str, config: Config, overwrite: bool) -> str:
     if not path.exists() or not any(path.iterdir()):
         return "new"
     manifest_file = path / "manifest.json"
-    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    try:
+        manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise SafeftError(
+            f"output {path}: its manifest.json cannot be read ({e}); pass another --output, or repair or remove the folder."
+        ) from None
     if not isinstance(manifest, dict) or "stage" not in manifest:
         raise SafeftError(
             f"output {path} is a folder that is not empty and was not made by safeft (no run manifest). "

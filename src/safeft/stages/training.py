@@ -53,8 +53,6 @@ class TrainSettings(Config):
 
     def check(self) -> list[str]:
         problems = []
-        if self.learning_rate == 0:
-            problems.append("learning_rate: got 0, expected a positive rate (0 trains nothing)")
         if self.max_steps == 0:
             problems.append("max_steps: got 0, expected -1 (run all epochs) or at least 1 step")
         if self.max_steps == -1 and self.epochs == 0:
