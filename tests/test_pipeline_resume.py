@@ -140,9 +140,9 @@ def test_killed_run_resumes_to_the_same_result(setup, kill_in):
     ref_metrics = json.loads((_stage_dir(reference, "evaluate") / "metrics.json").read_text())
     got_metrics = json.loads((_stage_dir(runs, "evaluate") / "metrics.json").read_text())
     for key in (
-        "harmful_score",
-        "harmful_score_plus",
-        "finetune_accuracy",
+        "hs",
+        "hs_plus",
+        "fa_strict",
         "refusal_rate",
         "n_harmful",
         "n_task",

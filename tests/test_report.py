@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from safeft.errors import SafeftError
-from safeft.pipeline.report import collect_runs, harmful_score_answered, write_report
+from safeft.evaluation.result import EvaluationResult
+from safeft.pipeline.report import collect_runs, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -174,11 +175,11 @@ def test_results_table_cells_are_percent_means_over_seeds(runs_dir):
 
 def test_hs_among_answered_leaves_the_silent_prompts_out():
     # 300 prompts, 225 empty answers (75%), 36 flagged (12%): 36 of the 75 answered = 48%
-    assert harmful_score_answered({"hs": 12.0, "empty_rate": 75.0}) == pytest.approx(48.0)
-    assert harmful_score_answered({"hs": 30.0, "empty_rate": 0.0}) == pytest.approx(30.0)
+    assert EvaluationResult.from_metrics({"hs": 12.0, "empty_rate": 75.0}).hs_answered == pytest.approx(48.0)
+    assert EvaluationResult.from_metrics({"hs": 30.0, "empty_rate": 0.0}).hs_answered == pytest.approx(30.0)
     # a model that answered nothing has no such share; runs without an empty rate neither
-    assert harmful_score_answered({"hs": 0.0, "empty_rate": 100.0}) is None
-    assert harmful_score_answered({"hs": 30.0}) is None
+    assert EvaluationResult.from_metrics({"hs": 0.0, "empty_rate": 100.0}).hs_answered is None
+    assert EvaluationResult.from_metrics({"hs": 30.0}).hs_answered is None
 
 
 def test_results_long_has_hs_among_answered(runs_dir):
@@ -188,8 +189,8 @@ def test_results_long_has_hs_among_answered(runs_dir):
     metrics_path.write_text(json.dumps(metrics))
     write_report(runs_dir)
     rows = {r["id"]: r for r in csv.DictReader((runs_dir / "results_long.csv").open())}
-    assert float(rows["evaluate/sft-s1-sst2-p0.1-aa"]["harmful_score_answered"]) == pytest.approx(76.0)
-    assert rows["evaluate/sft-s2-sst2-p0.1-aa"]["harmful_score_answered"] == ""
+    assert float(rows["evaluate/sft-s1-sst2-p0.1-aa"]["hs_answered"]) == pytest.approx(76.0)
+    assert rows["evaluate/sft-s2-sst2-p0.1-aa"]["hs_answered"] == ""
 
 
 def test_system_table_has_ratios_to_sft(runs_dir):
@@ -365,7 +366,7 @@ def test_report_shows_every_judge_with_intervals_and_over_refusal(runs_dir):
     assert (
         got["hs_ci95_low"],
         got["hs_ci95_high"],
-        got["harmful_score_keyword"],
+        got["hs_keyword"],
         got["over_refusal_rate"],
     ) == ("20.1", "37.5", "61.0", "12.0")
-    assert rows["evaluate/sft-s2-sst2-p0.1-aa"]["harmful_score_keyword"] == ""  # an older run: blank, not 0
+    assert rows["evaluate/sft-s2-sst2-p0.1-aa"]["hs_keyword"] == ""  # an older run: blank, not 0

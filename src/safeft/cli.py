@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -114,24 +115,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_judges_and_over_refusal(metrics: dict[str, Any]) -> None:
-    """HS under every judge with its 95% interval and agreement, then the over-refusal rate."""
-    for name, entry in metrics.get("judges", {}).items():
-        agreement = metrics.get("judge_agreement", {}).get(name)
-        extra = (
-            f"  agreement with {metrics['judge']} {agreement['agreement']}% (κ {agreement['kappa']})"
-            if agreement
-            else ""
-        )
-        print(f"HS ({name}) {entry['hs']:.2f}% [95% CI {entry['hs_ci95'][0]}, {entry['hs_ci95'][1]}]{extra}")
-    if "over_refusal_rate" in metrics:
-        low, high = metrics["over_refusal_ci95"]
-        print(
-            f"over-refusal {metrics['over_refusal_rate']:.2f}% [95% CI {low}, {high}] of {metrics['n_harmless']} harmless requests"
-        )
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from safeft.evaluation.result import EvaluationResult
     from safeft.io import read_json
     from safeft.stages.evaluate import EvaluateConfig, rejudge, run_evaluate
 
@@ -141,22 +126,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise SafeftError(
                 "--rejudge EVAL_DIR needs --judge NAME: the judge to score the saved answers with"
             )
-        _print_judges_and_over_refusal(rejudge(args.rejudge, judge))
+        print(EvaluationResult.from_metrics(rejudge(args.rejudge, judge)).summary())
         print(f"evaluation: {args.rejudge}")
         return 0
     run = run_evaluate(_load_stage_config(EvaluateConfig, args), overwrite=args.overwrite, strict=args.strict)
-    metrics = read_json(run.path / "metrics.json")
-    keys = (
-        "harmful_score",
-        "harmful_score_plus",
-        "refusal_rate",
-        "finetune_accuracy",
-        "finetune_accuracy_lenient",
-        "n_harmful",
-        "n_task",
-    )
-    print("  ".join(f"{k}={metrics[k]}" for k in keys if k in metrics))
-    _print_judges_and_over_refusal(metrics)
+    print(EvaluationResult.from_metrics(read_json(run.path / "metrics.json")).summary())
     print(f"evaluation: {run.path}")
     return 0
 
@@ -590,6 +564,11 @@ def _negative_numbers_attached(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if not debug:
+        # Deprecation notices of transformers/PEFT/torch internals are for safeft's developers, not its
+        # users (the test suite shows them); --debug shows them too.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -37,9 +37,22 @@ def option(
     range: tuple[float | None, float | None] | None = None,
     choices: typing.Sequence[Any] | None = None,
     default_factory: Any = _MISSING,
+    fingerprint: bool | typing.Callable[[Any], bool] = True,
 ) -> Any:
-    """A config field with its help text and the values it accepts (`range` is inclusive)."""
-    metadata = {"help": help, "range": range, "choices": tuple(choices) if choices is not None else None}
+    """A config field with its help text and the values it accepts (`range` is inclusive).
+
+    `fingerprint=False` marks a field that cannot change a stage's result (where to write, how
+    often to log or checkpoint, a progress bar, where files are found): it is left out of the
+    fingerprint that names and reuses run folders (`Config.fingerprint_data`). A function of the
+    value instead says for which values the field counts (a generation engine that gives the exact
+    same answers as the default one does not).
+    """
+    metadata = {
+        "help": help,
+        "range": range,
+        "choices": tuple(choices) if choices is not None else None,
+        "fingerprint": fingerprint,
+    }
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -133,7 +146,7 @@ class Config:
                 sub = data.get(name, {}) or {}
                 if isinstance(sub, dict) and f.default_factory is not _MISSING:  # type: ignore[misc]
                     # The section's own defaults (e.g. the attack's training settings) under what was given.
-                    sub = _deep_merge(f.default_factory().to_dict(), sub)  # type: ignore[misc]
+                    sub = deep_merge(f.default_factory().to_dict(), sub)  # type: ignore[misc]
                 kwargs[name] = inner._build(sub, prefix=f"{prefix}{name}.", problems=problems)
                 continue
             if name not in data:
@@ -169,7 +182,7 @@ class Config:
         if path is not None:
             data = read_yaml(path)
             source = str(path)
-        merged = _deep_merge(data, overrides or {})
+        merged = deep_merge(data, overrides or {})
         return cls.from_dict(merged, source=source)
 
     def check(self) -> list[str]:
@@ -180,8 +193,24 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The values that determine a stage's result: every field but those declared `fingerprint=False`
+        (or whose `fingerprint` function says this value does not count)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            counts = f.metadata.get("fingerprint", True)
+            value = getattr(self, f.name)
+            if not (counts(value) if callable(counts) else counts):
+                continue
+            out[f.name] = value.fingerprint_data() if isinstance(value, Config) else value
+        return out
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        data = self.to_dict()
+        # Plain keys first, then the sections (train:, lora:, methods:), whatever class declared them.
+        ordered = {k: v for k, v in data.items() if not isinstance(v, dict)}
+        ordered.update({k: v for k, v in data.items() if isinstance(v, dict)})
+        return yaml.safe_dump(ordered, sort_keys=False)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.to_yaml())
@@ -272,11 +301,11 @@ def _check_allowed(key: str, value: Any, metadata: Any) -> list[str]:
     return problems
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out

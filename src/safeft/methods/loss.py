@@ -55,11 +55,6 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     )
 
 
-def token_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Causal-LM loss from full logits: mean cross-entropy over the tokens whose label is not -100."""
-    return cross_entropy_sum(logits, labels) / shifted_targets(labels).ne(-100).sum().clamp(min=1)
-
-
 def _chunk_cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 

@@ -14,7 +14,9 @@ run directory
 where `<hash>` is the stage config's fingerprint. A finetune config names its alignment run's
 folder, so one alignment serves every poison ratio and task, and any change upstream gives new
 folders downstream. `plan` marks each stage cached (its manifest says done with the same
-fingerprint) or to run; `run_experiment` runs the rest in dependency order. Killing it at any
+fingerprint) or to run; `run_experiment` runs the rest in dependency order. A finished folder of
+the same stage under an older fingerprint rule (same name, another hash) is adopted: renamed to
+today's name, with a link at the old name for the paths other runs recorded. Killing it at any
 moment is safe: a rerun skips finished stages and the interrupted one resumes from its newest
 checkpoint (the stages do that themselves, see `safeft.stages.runs`).
 """
@@ -25,19 +27,21 @@ import dataclasses
 import gc
 import itertools
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeft.config import Config, option
+from safeft.config import Config, deep_merge, option
 from safeft.errors import ConfigError, SafeftError
 from safeft.io import write_json
-from safeft.methods import METHODS as _METHODS
+from safeft.methods import METHODS
 from safeft.pipeline.report import INDEX_FILE, NO_DEFENSE  # the index the report reads; the undefended row
 from safeft.repair import NO_REPAIR, REPAIRS
 
-FINETUNE_METHOD_NAMES = tuple(n for n, spec in _METHODS.items() if spec.stage == "finetune" or n == "sft")
+FINETUNE_METHOD_NAMES = tuple(n for n, spec in METHODS.items() if spec.runs_in("finetune"))
 
 log = logging.getLogger("safeft")
 
@@ -263,6 +267,7 @@ class Stage:
     depends_on: list[str]  # ids of the stages that must be done first
     labels: dict[str, Any]  # its place in the grid: method, seed, task, poison_ratio, attack, attacked
     cached: bool | None = None  # set by `plan`
+    legacy_path: Path | None = None  # set by `plan`: its finished folder under an older fingerprint rule
 
     @property
     def id(self) -> str:
@@ -271,13 +276,6 @@ class Stage:
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     return ExperimentConfig.load(path, overrides)
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _num(value: float) -> str:
@@ -305,8 +303,6 @@ def _attack_overrides(attack: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 def method_option_problems(sweeps: Any, methods: list[str]) -> list[str]:
     """What is wrong with `grid.method_options` (field names are checked against each method's config)."""
-    from safeft.methods import METHODS
-
     if not isinstance(sweeps, dict):
         return [f"method_options: got {sweeps!r}, expected a mapping {{method: {{field: [values]}}}}"]
     problems = []
@@ -368,7 +364,7 @@ class _Expander:
     ) -> Stage | None:
         from safeft.stages.runs import config_fingerprint
 
-        data = _merge(getattr(self.exp.base, kind), overrides)
+        data = deep_merge(getattr(self.exp.base, kind), overrides)
         data["output"] = PLACEHOLDER_OUTPUT
         if self.exp.data_dir is not None:
             data["data_dir"] = self.exp.data_dir
@@ -410,13 +406,15 @@ class _Expander:
             grid.tasks, grid.poison_ratios, _attack_combinations(grid.attack), finetune_methods
         ):
             overrides, tag = _attack_overrides(attack)
-            overrides = _merge(
+            overrides = deep_merge(
                 overrides, {**source, "task": task, "poison_ratio": ratio, "train": {"seed": seed}}
             )
             label = method
             if finetune_method is not None:
                 overrides["method"] = finetune_method
-                if finetune_method != "sft":  # a fine-tuning-stage defense: its own row and folder
+                if (
+                    METHODS[finetune_method].stage == "finetune"
+                ):  # a fine-tuning-stage defense: its own row and folder
                     tag += f"-{finetune_method}"
                     label = f"{method} + {finetune_method}"
             name = f"{short}-s{seed}-{task}-p{_num(ratio)}{tag}"
@@ -525,15 +523,64 @@ def expand(exp: ExperimentConfig) -> list[Stage]:
 
 
 def plan(stages: list[Stage]) -> list[Stage]:
-    """Mark each stage cached (manifest done with the same config fingerprint) or to run."""
-    from safeft.stages.runs import RunDir, config_fingerprint
+    """Mark each stage cached (manifest done with the same config fingerprint) or to run.
 
+    A stage whose folder does not exist may have finished under an older fingerprint rule, in a
+    folder of the same name with another hash: `legacy_path` records it (adopted by `adopt_legacy_run`).
+    """
+    from safeft.stages.runs import RunDir
+
+    moved: dict[str, str] = {}  # legacy folder -> today's, for the children that name it as their parent
     for st in stages:
-        st.cached = RunDir(st.path).is_done(config_fingerprint(st.config))
+        st.legacy_path = None if st.path.exists() else _legacy_folder(st, moved)
+        if st.legacy_path is not None:
+            moved[str(st.legacy_path)] = str(st.path)
+            st.cached = True
+        else:
+            st.cached = RunDir(st.path).is_done_for(st.config, moved)
     return stages
 
 
+def _legacy_folder(stage: Stage, moved: dict[str, str]) -> Path | None:
+    """A finished folder `<name>-<other hash>` whose saved config has this stage's fingerprint today."""
+    from safeft.stages.runs import RunDir
+
+    name = stage.path.name.rsplit("-", 1)[0]
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{8}")
+    if not stage.path.parent.is_dir():
+        return None
+    for candidate in sorted(stage.path.parent.iterdir()):
+        if candidate.is_symlink() or not pattern.fullmatch(candidate.name):
+            continue
+        if RunDir(candidate).is_done_for(stage.config, moved):
+            return candidate
+    return None
+
+
+def adopt_legacy_run(stage: Stage) -> None:
+    """Rename a stage's legacy folder to today's name, leave a link at the old name (the weights
+    paths and parent paths other manifests recorded go through it) and record today's fingerprint."""
+    from safeft.stages.runs import FINGERPRINT_VERSION, RunDir, config_fingerprint
+
+    legacy = stage.legacy_path
+    if legacy is None or stage.path.exists():
+        return
+    legacy.rename(stage.path)
+    os.symlink(stage.path.name, legacy, target_is_directory=True)
+    run = RunDir.open(stage.path)
+    run.write_manifest(
+        legacy_fingerprint=run.manifest.get("fingerprint"),
+        renamed_from=legacy.name,
+        fingerprint=config_fingerprint(stage.config),
+        fingerprint_version=FINGERPRINT_VERSION,
+    )
+    log.info("adopted %s as %s (finished under an older fingerprint rule)", legacy, stage.path)
+    stage.legacy_path = None
+
+
 def _status(stage: Stage) -> str:
+    if stage.legacy_path is not None:
+        return f"cached as {stage.legacy_path.name}"
     if stage.cached:
         return "cached"
     from safeft.stages.runs import RunDir
@@ -650,6 +697,8 @@ def execute(
     if dry_run:
         print(format_plan(exp, stages))
         return 0
+    for st in stages:
+        adopt_legacy_run(st)
     index = write_index(exp, stages)
     if jobs != 1 or launcher is not None:
         from safeft.pipeline.scheduler import run_grid

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import statistics
 import tempfile
@@ -37,28 +36,14 @@ from typing import Any
 import yaml
 
 from safeft.errors import SafeftError
+from safeft.evaluation.result import COLUMNS, EvaluationResult
 from safeft.io import atomic_write_text, read_json
 from safeft.pipeline.paired import paired_rows
 
 NO_DEFENSE = "no defense"
 INDEX_FILE = "experiment.json"
 MISSING = "–"
-METRICS = (
-    "harmful_score",
-    "harmful_score_plus",
-    "refusal_rate",
-    "empty_rate",
-    "harmful_score_answered",
-    "hs_ci95_low",
-    "hs_ci95_high",
-    "harmful_score_keyword",
-    "over_refusal_rate",
-    "finetune_accuracy",
-    "finetune_accuracy_lenient",
-    "n_harmful",
-    "n_task",
-    "wall_time_s",
-)
+METRICS = (*COLUMNS, "wall_time_s")  # the columns of results_long.csv after the labels
 
 
 @dataclass
@@ -107,6 +92,8 @@ def _runs_from_manifests(runs_dir: Path) -> list[Run]:
     ] = {}  # resolved path -> (kind, manifest, config, path)
     for manifest_path in sorted(runs_dir.glob("**/manifest.json")):
         run_path = manifest_path.parent
+        if run_path.is_symlink():  # the old name of a folder adopted under today's fingerprint
+            continue
         try:
             manifest = read_json(manifest_path)
         except (OSError, ValueError):
@@ -189,22 +176,9 @@ def collect_runs(runs_dir: str | Path) -> list[Run]:
 # ----- numbers ------------------------------------------------------------------------------------
 
 
-# Metric -> the keys it may have in an evaluation's metrics.json (percentages in [0, 100]).
-METRIC_KEYS = {
-    "harmful_score": ("harmful_score", "hs"),
-    "harmful_score_plus": ("harmful_score_plus", "hs_plus"),
-    "finetune_accuracy": ("finetune_accuracy", "fa_strict"),
-    "finetune_accuracy_lenient": ("finetune_accuracy_lenient", "fa_lenient"),
-}
-
-
 def metric(metrics: dict[str, Any], name: str) -> float | None:
-    """A percentage from metrics.json (None when absent or not a number)."""
-    for key in METRIC_KEYS.get(name, (name,)):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-            return float(value)
-    return None
+    """A number of an evaluation's metrics.json by its `EvaluationResult` name (None when absent)."""
+    return EvaluationResult.from_metrics(metrics).get(name)
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -282,10 +256,10 @@ def results_tables(runs: list[Run]) -> list[ResultsTable]:
             row: dict[str, Any] = {"method": m, "hs": {}, "fa": {}}
             for p in ratios:
                 at_p = [r for r in mine if r.labels["poison_ratio"] == p and r.done]
-                row["hs"][p] = [metric(r.metrics, "harmful_score") for r in at_p]  # type: ignore[union-attr]
-                row["fa"][p] = [metric(r.metrics, "finetune_accuracy") for r in at_p]  # type: ignore[union-attr]
-            row["hs_clean"] = [metric(r.metrics, "harmful_score") for r in unattacked if r.done]  # type: ignore[union-attr]
-            row["fa_clean"] = [metric(r.metrics, "finetune_accuracy") for r in unattacked if r.done]  # type: ignore[union-attr]
+                row["hs"][p] = [metric(r.metrics, "hs") for r in at_p]  # type: ignore[union-attr]
+                row["fa"][p] = [metric(r.metrics, "fa_strict") for r in at_p]  # type: ignore[union-attr]
+            row["hs_clean"] = [metric(r.metrics, "hs") for r in unattacked if r.done]  # type: ignore[union-attr]
+            row["fa_clean"] = [metric(r.metrics, "fa_strict") for r in unattacked if r.done]  # type: ignore[union-attr]
             row["seeds"] = len({r.labels.get("seed") for r in mine if r.done}) or len(
                 {r.labels.get("seed") for r in unattacked if r.done}
             )
@@ -371,29 +345,8 @@ def results_csv(tables: list[ResultsTable]) -> str:
     return _csv_text(header, rows)
 
 
-def harmful_score_answered(metrics: dict[str, Any]) -> float | None:
-    """HS among the prompts the model answered at all (None when it answered none).
-
-    A model fine-tuned on a classification task often answers a harmful prompt with nothing, and an
-    empty answer is never flagged (`Judge.score`). So two models' HS can differ only in how often
-    they stay silent; this share tells that apart from answering more harmfully. Derived from HS and
-    the empty rate, it holds for runs evaluated before it existed.
-    """
-    hs, empty = metric(metrics, "harmful_score"), metric(metrics, "empty_rate")
-    if hs is None or empty is None or empty >= 100.0:
-        return None
-    return round(100.0 * hs / (100.0 - empty), 2)
-
-
 def _long_value(metrics: dict[str, Any], key: str) -> Any:
-    if key == "harmful_score_answered":
-        value = harmful_score_answered(metrics)
-    elif key in ("hs_ci95_low", "hs_ci95_high"):
-        value = (metrics.get("hs_ci95") or [None, None])[key.endswith("high")]
-    elif key == "harmful_score_keyword":
-        value = metrics.get("judges", {}).get("keyword", {}).get("hs")
-    else:
-        value = metric(metrics, key) if key in METRIC_KEYS else metrics.get(key)
+    value = metric(metrics, key)
     return "" if value is None else value
 
 
@@ -439,7 +392,7 @@ def worst_cases(runs: list[Run], fa_tolerance: float = FA_TOLERANCE) -> list[dic
     rows = []
     for task in sorted({str(r.labels.get("task")) for r in attacked}):
         mine = [r for r in attacked if str(r.labels.get("task")) == task]
-        fas = [fa for r in mine if (fa := metric(r.metrics, "finetune_accuracy")) is not None]  # type: ignore[arg-type]
+        fas = [fa for r in mine if (fa := metric(r.metrics, "fa_strict")) is not None]  # type: ignore[arg-type]
         threshold = max(fas) - fa_tolerance if fas else None
         for method in _method_order(mine):
             candidates = [r for r in mine if r.labels.get("method") == method]
@@ -447,10 +400,10 @@ def worst_cases(runs: list[Run], fa_tolerance: float = FA_TOLERANCE) -> list[dic
                 r
                 for r in candidates
                 if threshold is None
-                or (fa := metric(r.metrics, "finetune_accuracy")) is None  # type: ignore[arg-type]
+                or (fa := metric(r.metrics, "fa_strict")) is None  # type: ignore[arg-type]
                 or fa >= threshold
             ]
-            scored = [(hs, r) for r in acceptable if (hs := metric(r.metrics, "harmful_score")) is not None]  # type: ignore[arg-type]
+            scored = [(hs, r) for r in acceptable if (hs := metric(r.metrics, "hs")) is not None]  # type: ignore[arg-type]
             worst = max(scored, key=lambda item: item[0], default=None)
             row: dict[str, Any] = {
                 "task": task,
@@ -473,7 +426,7 @@ def worst_cases(runs: list[Run], fa_tolerance: float = FA_TOLERANCE) -> list[dic
                     poison_ratio=r.labels.get("poison_ratio"),
                     attack=_attack_title(_attack_key(r.labels.get("attack", {}))),
                     hs=hs,
-                    fa=metric(r.metrics, "finetune_accuracy"),  # type: ignore[arg-type]
+                    fa=metric(r.metrics, "fa_strict"),  # type: ignore[arg-type]
                 )
             rows.append(row)
     return rows

@@ -24,7 +24,7 @@ from safeft.hardware import generation_dtype
 from safeft.io import write_json, write_jsonl
 from safeft.methods import METHODS
 from safeft.models import load_model, load_weights_chain
-from safeft.stages.runs import RunDir, config_fingerprint, package_versions, stage_run
+from safeft.stages.runs import EXACT_ENGINES, RunDir, package_versions, stage_run
 
 log = logging.getLogger("safeft")
 
@@ -36,7 +36,7 @@ HARMLESS_SAMPLES = "harmless_samples.jsonl"
 class EvaluateConfig(Config):
     """Evaluation stage"""
 
-    output: str = option(None, "folder for metrics.json and the per-sample JSONL files")
+    output: str = option(None, "folder for metrics.json and the per-sample JSONL files", fingerprint=False)
     run: str | None = option(None, "run directory (align or finetune) whose model to evaluate")
     model: str | None = option(None, "bare model to evaluate instead of a run")
     judge: str = option(
@@ -75,6 +75,8 @@ class EvaluateConfig(Config):
         "generation engine: loop (greedy decoding, finished rows leave the batch: transformers' exact answers), "
         "hf (transformers' generate), vllm (GPU; LoRA adapter loaded natively; pip install 'safeft[vllm]')",
         choices=("loop", "hf", "vllm"),
+        # how answers are computed, not which (for the exact engines): earlier evaluations stay cached
+        fingerprint=lambda engine: engine not in EXACT_ENGINES,
     )
     dtype: str = option(
         "float32",
@@ -84,9 +86,13 @@ class EvaluateConfig(Config):
     )
     template: str = option("alpaca", "prompt template", choices=TEMPLATES)
     data_dir: str | None = option(
-        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
+        None,
+        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
+        fingerprint=False,
     )
-    cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
+    cache_dir: str | None = option(
+        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
+    )
 
     def check(self) -> list[str]:
         problems = [] if self.output else ["output: required (the folder to write)"]
@@ -127,7 +133,8 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                     ],
                 )
             )
-        if stage == "align" or (stage == "finetune" and config.get("method") == "lisa"):
+        spec = METHODS.get(config.get("method", ""), METHODS["sft"])  # a plugin no longer installed: as SFT
+        if stage == "align" or (stage == "finetune" and spec.needs_alignment):
             source, n = config.get("alignment_data"), config.get("alignment_samples")
             load = (
                 (lambda s=source, n=n, d=where: load_source(s, data_dir=d)[:n])
@@ -135,7 +142,7 @@ def trained_rows(run: RunDir, data_dir: str | None) -> list[tuple[str, Callable[
                 else _unreadable("its config.yaml names no alignment_data / alignment_samples")
             )
             out.append((f"alignment rows of {current.path}", load))
-        if stage == "finetune" and METHODS.get(config.get("method", ""), METHODS["sft"]).needs_harmful:
+        if stage == "finetune" and spec.needs_harmful:
             source, n = config["defense_harmful_data"], config["defense_harmful_samples"]
             out.append(
                 (
@@ -179,7 +186,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
     `strict` refuses to score rows the model was trained on (see `safeft.data.leaks`).
     """
     out = RunDir(Path(cfg.output))
-    if not overwrite and out.is_done(config_fingerprint(cfg)):
+    if not overwrite and out.is_done_for(cfg):
         log.info("evaluation %s is already done; reusing it", out.path)
         return RunDir.open(out.path)
     parent = RunDir.open(cfg.run, stages=("align", "finetune", "repair")) if cfg.run else None
@@ -243,7 +250,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
             model.to(state.device, getattr(torch, dtype_used))
         judge = get_judge(cfg.judge)
         extra_judges = [get_judge(name) for name in cfg.extra_judges if name != cfg.judge]
-        metrics, harmful_rows, task_rows, harmless_rows = evaluate_model(
+        result, harmful_rows, task_rows, harmless_rows = evaluate_model(
             model,
             tok,
             harmful_prompts=prompts,
@@ -266,7 +273,7 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
                 write_jsonl(out.path / "task_samples.jsonl", task_rows)
             if harmless_rows:
                 write_jsonl(out.path / HARMLESS_SAMPLES, harmless_rows)
-            metrics.update(
+            result.details.update(
                 prompt_set=cfg.harmful_prompts,
                 harmless_set=cfg.harmless_prompts if harmless else None,
                 **({"over_refusal_skipped": harmless_skipped} if harmless_skipped else {}),
@@ -289,17 +296,17 @@ def run_evaluate(cfg: EvaluateConfig, *, overwrite: bool = False, strict: bool =
                 num_processes=state.num_processes,
                 wall_time_s=round(time.perf_counter() - t0, 2),
             )
-            write_json(out.path / "metrics.json", metrics)
+            write_json(out.path / "metrics.json", result.to_metrics())
             out.write_manifest(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         state.wait_for_everyone()  # the others return only once metrics.json exists
     return out
 
 
-def _saved_verdicts(rows: list[dict], metrics: dict) -> dict[str, list[dict]]:
+def _saved_verdicts(rows: list[dict], primary: str) -> dict[str, list[dict]]:
     """Every judge's per-pair verdicts saved in an evaluation (older runs saved only the primary's)."""
     if rows and "judges" in rows[0]:
         return {name: [r["judges"][name] for r in rows] for name in rows[0]["judges"]}
-    return {metrics["judge"]: [{"flagged": r["flagged"], "score": r["score"]} for r in rows]}
+    return {primary: [{"flagged": r["flagged"], "score": r["score"]} for r in rows]}
 
 
 def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> dict:
@@ -312,6 +319,7 @@ def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> di
     """
     from safeft.evaluation.evaluate import judge_pairs
     from safeft.evaluation.metrics import harmful_metrics
+    from safeft.evaluation.result import EvaluationResult
     from safeft.io import read_json, read_jsonl
 
     run = RunDir.open(eval_dir)
@@ -323,21 +331,18 @@ def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> di
         )
     if run.manifest.get("status") != "done":
         raise SafeftError(f"evaluation {run.path} is not finished (status {run.manifest.get('status')!r})")
-    metrics = read_json(run.path / "metrics.json")
+    result = EvaluationResult.from_metrics(read_json(run.path / "metrics.json"))
     rows = read_jsonl(samples)
     judge = get_judge(judge_name, **judge_kwargs)
-    verdicts = _saved_verdicts(rows, metrics)
-    old = metrics.get("judges") or {
-        metrics["judge"]: {
-            "version": metrics.get("judge_version"),
-            "threshold": metrics.get("judge_threshold"),
-        }
+    primary = result.details["judge"]
+    verdicts = _saved_verdicts(rows, primary)
+    old = result.judges or {
+        primary: {"version": result.details.get("judge_version"), "threshold": result.judge_threshold}
     }
     replaced = old.get(judge.name, {}).get("version")
     verdicts[judge.name] = judge_pairs(judge, [r["prompt"] for r in rows], [r["answer"] for r in rows])
-    primary = metrics["judge"]
-    metrics.update(harmful_metrics(verdicts, primary, [r["answer"] for r in rows]))
-    for name, entry in metrics["judges"].items():
+    result.update(harmful_metrics(verdicts, primary, [r["answer"] for r in rows]))
+    for name, entry in result.judges.items():
         kept = (
             {"version": judge.version, "threshold": judge.threshold}
             if name == judge.name
@@ -345,8 +350,9 @@ def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> di
         )
         entry.update({k: v for k, v in kept.items() if k in ("version", "threshold")})
     if judge.name == primary:
-        metrics.update(judge_version=judge.version, judge_threshold=judge.threshold)
-    metrics.setdefault("rejudged", []).append(
+        result.judge_threshold = judge.threshold
+        result.details["judge_version"] = judge.version
+    result.details.setdefault("rejudged", []).append(
         {"judge": judge.name, "version": judge.version, "replaced_version": replaced,
          "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     )  # fmt: skip
@@ -354,7 +360,8 @@ def rejudge(eval_dir: str | Path, judge_name: str, **judge_kwargs: object) -> di
         row["judges"] = {name: v[i] for name, v in verdicts.items()}
         row["flagged"], row["score"] = verdicts[primary][i]["flagged"], verdicts[primary][i]["score"]
     write_jsonl(samples, rows)
+    metrics = result.to_metrics()
     write_json(run.path / "metrics.json", metrics)
-    log.info("re-judged %s with %s: HS %s %s", run.path, judge.name, metrics["judges"][judge.name]["hs"],
-             metrics["judges"][judge.name]["hs_ci95"])  # fmt: skip
+    hs, interval = result.judges[judge.name]["hs"], result.judges[judge.name]["hs_ci95"]
+    log.info("re-judged %s with %s: HS %s %s", run.path, judge.name, hs, interval)
     return metrics

@@ -8,31 +8,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from safeft.config import Config, option
+from safeft.config import option
 from safeft.data.mix import build_poisoned_mix
 from safeft.data.sources import load_source, training_rows, with_responses
 from safeft.data.tasks import TASKS, get_task
-from safeft.data.templates import TEMPLATES
-from safeft.data.tokenize import PaddingCollator
 from safeft.errors import SafeftError
-from safeft.io import write_json, write_jsonl
-from safeft.methods import METHODS, get_method
-from safeft.models import LoraSettings, attach_lora, load_weights_chain
-from safeft.stages.align import MethodOptions, encode_rows
-from safeft.stages.runs import PeakMemory, RunDir, config_fingerprint, is_main_process, stage_run
+from safeft.io import write_jsonl
+from safeft.methods import METHODS, get_method, method_names
+from safeft.models import attach_lora, load_weights_chain
+from safeft.stages.runs import RunDir, is_main_process, stage_run
 from safeft.stages.training import (
-    HistoryCallback,
+    TrainingStageConfig,
     TrainSettings,
-    remove_checkpoints,
-    save_weights,
+    encode_rows,
     seed_everything,
-    train_resumably,
-    training_arguments,
+    train_and_save,
 )
 
 log = logging.getLogger("safeft")
 
-FINETUNE_METHODS = tuple(name for name, spec in METHODS.items() if spec.stage == "finetune" or name == "sft")
+FINETUNE_METHODS = method_names("finetune")
 
 
 def _attack_defaults() -> TrainSettings:
@@ -43,10 +38,9 @@ def _attack_defaults() -> TrainSettings:
 
 
 @dataclass
-class FinetuneConfig(Config):
+class FinetuneConfig(TrainingStageConfig):
     """Fine-tuning stage (the harmful fine-tuning attack)"""
 
-    output: str = option(None, "run directory to write")
     from_run: str | None = option(
         None, "alignment run directory to start from (omit and give --model for the non-aligned baseline)"
     )
@@ -75,8 +69,10 @@ class FinetuneConfig(Config):
         "continue: keep training the alignment adapter; new: merge it and train a fresh LoRA; auto: what the alignment method's paper does",
         choices=("auto", "continue", "new"),
     )
-    alignment_data: str = option("refusals", "alignment rows for fine-tuning-stage defenses (Lisa)")
-    alignment_samples: int = option(1000, "alignment rows for Lisa", range=(1, None))
+    alignment_data: str = option(
+        "refusals", "alignment rows for fine-tuning-stage defenses that need them (Lisa)"
+    )
+    alignment_samples: int = option(1000, "alignment rows for those defenses", range=(1, None))
     defense_harmful_data: str = option(
         "harmful-pool",
         "the provider's harmful QA rows for fine-tuning-stage defenses that need them (Panacea); "
@@ -85,18 +81,10 @@ class FinetuneConfig(Config):
     defense_harmful_samples: int = option(
         1000, "defense harmful rows (Panacea's reference: 1,000)", range=(1, None)
     )
-    data_dir: str | None = option(
-        None, "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)"
-    )
-    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
-    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
-    cache_dir: str | None = option(None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)")
     train: TrainSettings = dataclasses.field(default_factory=_attack_defaults)
-    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
-    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
 
     def check(self) -> list[str]:
-        problems = [] if self.output else ["output: required (the run directory to write)"]
+        problems = super().check()
         if bool(self.from_run) == bool(self.model):
             problems.append(
                 f"from_run / model: give exactly one (got from_run={self.from_run!r}, model={self.model!r})"
@@ -135,7 +123,7 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
     """Fine-tune (attack) into the run folder `cfg.output`; `overwrite` replaces a run already there."""
     spec = get_method(cfg.method)
     run = RunDir(Path(cfg.output))
-    if not overwrite and run.is_done(config_fingerprint(cfg)):
+    if not overwrite and run.is_done_for(cfg):
         log.info("fine-tuning run %s is already done; reusing it", run.path)
         return RunDir.open(run.path)
     base, chain, mode, parent = resolve_parent(cfg)
@@ -156,7 +144,7 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
     ) as run:
         if run.reused:
             return run
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         seed_everything(cfg.train.seed)  # before the model and its adapter are built
         task = get_task(cfg.task)
         benign = task.load_train(cfg.task_data, data_dir=cfg.data_dir)
@@ -212,34 +200,17 @@ def run_finetune(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunDir:
         harmful_ds = (
             encode_rows(defense_harmful, tok, cfg.max_length, cfg.template) if defense_harmful else None
         )
-        history = HistoryCallback()
-        trainer = spec.trainer_cls(
-            model=model,
-            args=training_arguments(cfg.train, run),
-            train_dataset=encode_rows(mix, tok, cfg.max_length, cfg.template),
-            data_collator=PaddingCollator(tok.pad_token_id),
-            method_config=getattr(cfg.methods, cfg.method.replace("-", "_")),
-            alignment_dataset=alignment_ds,
-            harmful_dataset=harmful_ds,
-            callbacks=[history],
+        train_and_save(
+            run,
+            cfg,
+            model,
+            tok,
+            encode_rows(mix, tok, cfg.max_length, cfg.template),
+            started=started,
+            # continue: the trained adapter replaces the alignment adapter it started from
+            weights_before=chain[:-1] if mode == "continue" else chain,
+            metrics={"adapter_mode": mode, "mix": report.as_dict()},
+            alignment_rows=alignment_ds,
+            harmful_rows=harmful_ds,
         )
-        with PeakMemory() as mem:
-            stats = train_resumably(trainer, run, history)
-        if trainer.is_world_process_zero():
-            weights = save_weights(trainer.model, run)
-            new_entry = {"kind": weights, "path": str(run.final(weights))}
-            full_chain = (chain[:-1] if mode == "continue" else chain) + [new_entry]
-            metrics = {
-                "stage": "finetune",
-                "method": cfg.method,
-                "adapter_mode": mode,
-                "mix": report.as_dict(),
-                **stats,
-                **mem.as_dict(),
-                "wall_time_s": round(time.perf_counter() - t0, 2),
-            }
-            write_json(run.path / "metrics.json", metrics)
-            run.write_manifest(status="done", weights=full_chain, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            remove_checkpoints(run)
-        trainer.accelerator.wait_for_everyone()
     return RunDir.open(run.path)

@@ -12,6 +12,12 @@ Layout of every stage's folder:
 A stage counts as finished only when its manifest says `status: done` and its config fingerprint
 matches: everything else is rerun (resuming from the newest complete checkpoint).
 
+The fingerprint covers exactly what can change a stage's result: every config field except those
+declared with `fingerprint=False` (output, data and cache folders, logging, checkpointing, the
+progress bar), and of the `methods` section only the chosen method's own settings. Manifests
+written before this rule (no `fingerprint_version`) carry a hash of more of the config; such a run
+still counts as the same config when its saved config.yaml has today's fingerprint (`has_fingerprint_of`).
+
 What safeft writes into (`stage_run`): a folder it creates, an empty folder, or a run folder of the
 same stage (its manifest marks it as safeft's own) that is unfinished and was started with the same
 config. Anything else is refused with a message before a byte is written: a folder of the user's, a
@@ -76,21 +82,31 @@ def git_revision() -> str | None:
         return None
 
 
-def config_fingerprint(config: Config, ignore: tuple[str, ...] = ("output",)) -> str:
-    """A hash of what determines a stage's result (the output folder itself does not).
+FINGERPRINT_VERSION = 2  # none in the manifest: a hash of the whole config (but `output`)
 
-    Of the per-method sections only the chosen method's counts: a new option of another method
-    must not invalidate every finished stage.
-    """
-    data = {k: v for k, v in config.to_dict().items() if k not in ignore}
-    if (
-        data.get("engine") in EXACT_ENGINES
-    ):  # how answers are computed, not which: earlier evaluations stay cached
-        del data["engine"]
-    if isinstance(data.get("method"), str) and isinstance(data.get("methods"), dict):
-        chosen = data["method"].replace("-", "_")
-        data["methods"] = {k: v for k, v in data["methods"].items() if k == chosen}
+
+def config_fingerprint(config: Config) -> str:
+    """A hash of what determines a stage's result (`Config.fingerprint_data`)."""
+    data = config.fingerprint_data()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def saved_config_fingerprint(
+    path: Path, config_cls: type[Config], moved: dict[str, str] | None = None
+) -> str | None:
+    """Today's fingerprint of the config.yaml saved in run folder `path` (None if it no longer loads).
+
+    `moved` maps run folders that were renamed to their new paths: a saved config that names its
+    parent run by the old path fingerprints as if it named the new one.
+    """
+    try:
+        data = read_yaml(path / "config.yaml")
+        for key in ("from_run", "run"):  # the parent run of a finetune / evaluate config
+            if isinstance(data.get(key), str) and moved and data[key] in moved:
+                data[key] = moved[data[key]]
+        return config_fingerprint(config_cls.from_dict(data, source=str(path / "config.yaml")))
+    except (SafeftError, OSError):  # incl. ConfigError: a field was removed or renamed since
+        return None
 
 
 def is_main_process() -> bool:
@@ -154,6 +170,22 @@ class RunDir:
         m = read_json(self.manifest_path)
         return m.get("status") == "done" and (fingerprint is None or m.get("fingerprint") == fingerprint)
 
+    def has_fingerprint_of(self, config: Config, moved: dict[str, str] | None = None) -> bool:
+        """Started with a config of the same fingerprint: under today's rule, or (a manifest older
+        than it) judged by the config.yaml it saved."""
+        if not self.manifest_path.is_file():
+            return False
+        manifest = read_json(self.manifest_path)
+        fingerprint = config_fingerprint(config)
+        if manifest.get("fingerprint") == fingerprint:
+            return True
+        legacy = manifest.get("fingerprint_version") is None
+        return legacy and saved_config_fingerprint(self.path, type(config), moved) == fingerprint
+
+    def is_done_for(self, config: Config, moved: dict[str, str] | None = None) -> bool:
+        """Finished with a config of the same fingerprint (`has_fingerprint_of`)."""
+        return self.is_done() and self.has_fingerprint_of(config, moved)
+
     def mark_reused(self) -> RunDir:
         self.reused = True
         return self
@@ -197,6 +229,7 @@ def start_run(path: str | Path, stage: str, config: Config, **manifest: Any) -> 
         stage=stage,
         status="running",
         fingerprint=config_fingerprint(config),
+        fingerprint_version=FINGERPRINT_VERSION,
         git_revision=git_revision(),
         versions=package_versions(),
         command=" ".join(sys.argv),
@@ -326,7 +359,7 @@ def _claim(path: Path, stage: str, config: Config, overwrite: bool) -> str:
         raise SafeftError(
             f"output {path} holds a safeft {what}, not a {stage} run. Pass another --output, or --overwrite to replace it."
         )
-    same = manifest.get("fingerprint") == config_fingerprint(config)
+    same = RunDir(path).has_fingerprint_of(config)
     if manifest.get("status") == "done":
         if same:
             return "reuse"

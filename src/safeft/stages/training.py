@@ -1,7 +1,9 @@
-"""What the align and finetune stages share: optimiser settings, Trainer arguments, resumable training."""
+"""What the align and finetune stages share: their common settings, Trainer arguments, resumable
+training, and the train -> save -> metrics -> manifest block both end with."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -11,11 +13,17 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from safeft.config import Config, option
+from safeft.data.templates import TEMPLATES
+from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
 from safeft.hardware import use_bf16
-from safeft.stages.runs import RunDir
+from safeft.io import write_json
+from safeft.methods import METHODS, get_method
+from safeft.models import LoraSettings
+from safeft.stages.runs import PeakMemory, RunDir
 
 log = logging.getLogger("safeft")
 
@@ -40,9 +48,13 @@ class TrainSettings(Config):
         "instead, with a warning (safeft.hardware)",
     )
     seed: int = option(42, "seed of initialisation, shuffling and sampling", range=(0, None))
-    logging_steps: int = option(1, "log loss and method metrics every N steps", range=(1, None))
-    save_steps: int = option(50, "write a resumable checkpoint every N steps", range=(1, None))
-    progress: bool = option(True, "show a progress bar with ETA")
+    logging_steps: int = option(
+        1, "log loss and method metrics every N steps", range=(1, None), fingerprint=False
+    )
+    save_steps: int = option(
+        50, "write a resumable checkpoint every N steps", range=(1, None), fingerprint=False
+    )
+    progress: bool = option(True, "show a progress bar with ETA", fingerprint=False)
 
     def check(self) -> list[str]:
         problems = []
@@ -51,6 +63,60 @@ class TrainSettings(Config):
         if self.max_steps == -1 and self.epochs == 0:
             problems.append("epochs: got 0 with max_steps -1, expected a positive number of passes")
         return problems
+
+
+# One section per method in the YAML file and on the command line (`--methods.booster.harmful-weight 5`).
+MethodOptions = dataclasses.make_dataclass(
+    "MethodOptions",
+    [
+        (name.replace("-", "_"), spec.config_cls, dataclasses.field(default_factory=spec.config_cls))
+        for name, spec in METHODS.items()
+    ],
+    bases=(Config,),
+)
+MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method's section is used)"
+
+
+@dataclass
+class TrainingStageConfig(Config):
+    """What the align and finetune stage configs share (each subclass sets `method`'s choices and `train`'s defaults)"""
+
+    output: str = option(
+        None, "run directory to write (created; an unfinished run there is resumed)", fingerprint=False
+    )
+    method: str = option("sft", "training method")
+    data_dir: str | None = option(
+        None,
+        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
+        fingerprint=False,
+    )
+    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
+    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
+    cache_dir: str | None = option(
+        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
+    )
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
+
+    @property
+    def method_config(self) -> Any:
+        """The chosen method's own section of `methods`."""
+        return getattr(self.methods, self.method.replace("-", "_"))
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        # Only the chosen method's section can change the result: registering a method or changing
+        # another method's defaults must not rename (and so orphan) every cached run.
+        data = super().fingerprint_data()
+        data["methods"] = {self.method: self.method_config.fingerprint_data()}
+        return data
+
+    def check(self) -> list[str]:
+        return [] if self.output else ["output: required (the run directory to write)"]
+
+
+def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
+    return [encode(r, tokenizer, max_length, template=template) for r in records]
 
 
 def seed_everything(seed: int) -> None:
@@ -158,9 +224,24 @@ def check_parallelism(trainer: Any, method: str) -> None:
         )
 
 
+class ProgressBarOnly(ProgressCallback):
+    """Trainer's progress bar without its printed copy of every log record: `HistoryCallback`
+    already logs each record once (to the terminal and log.txt)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        pass
+
+
+def _log_each_record_once(trainer: Any) -> None:
+    trainer.pop_callback(PrinterCallback)  # what Trainer prints with when the progress bar is off
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ProgressBarOnly)
+
+
 def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict[str, Any]:
     """Train, resuming from the newest complete checkpoint if an earlier attempt was interrupted."""
     check_parallelism(trainer, str(run.manifest.get("method", type(trainer).__name__)))
+    _log_each_record_once(trainer)
     checkpoint = run.latest_checkpoint()
     if trainer.accelerator.num_processes > 1:
         # Every rank must resume from the same checkpoint: rank 0's view of the folder decides.
@@ -187,6 +268,54 @@ def train_resumably(trainer: Any, run: RunDir, history: HistoryCallback) -> dict
 
 def remove_checkpoints(run: RunDir) -> None:
     shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+
+
+def train_and_save(
+    run: RunDir,
+    cfg: TrainingStageConfig,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    *,
+    started: float,
+    weights_before: list[dict[str, str]],
+    metrics: dict[str, Any],
+    harmful_rows: list[dict[str, Any]] | None = None,
+    alignment_rows: list[dict[str, Any]] | None = None,
+) -> None:
+    """Train `cfg.method` on encoded `train_rows` (resuming if interrupted), then save the weights,
+    metrics.json and the finished manifest, whose weights chain is `weights_before` plus these weights."""
+    history = HistoryCallback()
+    trainer = get_method(cfg.method).trainer_cls(
+        model=model,
+        args=training_arguments(cfg.train, run),
+        train_dataset=train_rows,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        method_config=cfg.method_config,
+        harmful_dataset=harmful_rows,
+        alignment_dataset=alignment_rows,
+        callbacks=[history],
+    )
+    with PeakMemory() as mem:
+        stats = train_resumably(trainer, run, history)
+    if trainer.is_world_process_zero():
+        weights = save_weights(trainer.model, run)
+        metrics = {
+            "stage": run.manifest["stage"],
+            "method": cfg.method,
+            **metrics,
+            **stats,
+            **mem.as_dict(),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+        write_json(run.path / "metrics.json", metrics)
+        run.write_manifest(
+            status="done",
+            weights=[*weights_before, {"kind": weights, "path": str(run.final(weights))}],
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        remove_checkpoints(run)
+    trainer.accelerator.wait_for_everyone()
 
 
 def save_weights(model: Any, run: RunDir) -> str:
