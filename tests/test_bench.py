@@ -24,10 +24,11 @@ def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
         assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
         assert row["memory"]["peak_bytes"] >= row["memory"]["state_bytes"] > 0
     assert table["sft"]["time_ratio"] == 1.0 and table["sft"]["memory_ratio"] == 1.0
-    gen = data["generation"]
-    for path in ("batched_loop", "batched_hf", "one_at_a_time"):
-        assert gen[path]["answers_per_second"] > 0, path
-    assert set(gen["identical_answers"]) == {"batched_loop", "batched_hf"}
+    for gen in (data["generation"], data["task_generation"]):  # harmful prompts, SST-2 rows
+        for path in ("batched_prefix", "batched_loop", "one_at_a_time"):
+            assert gen[path]["answers_per_second"] > 0, path
+        assert set(gen["identical_answers"]) == {"batched_prefix", "batched_loop"}
+    assert data["task_generation"]["max_new_tokens"] < data["generation"]["max_new_tokens"]
     assert data["judges"]["keyword"]["pairs_per_second"] > 0
     assert data["machine"]["torch_threads"] >= 1
     assert set(data["repairs"]) == set(REPAIRS)  # every repair method, timed in SFT steps of the same run
@@ -36,6 +37,7 @@ def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
 
     text = out.read_text()
     assert "# Benchmarks" in text and "live CPU tensor bytes" in text
+    assert "### Harmful prompts" in text and "### SST-2" in text and "| batched prefix |" in text
     for name in [*METHODS, *REPAIRS]:
         assert f"| {name} |" in text
 

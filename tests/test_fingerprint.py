@@ -151,8 +151,10 @@ def test_a_standalone_run_finished_under_the_old_rule_counts_as_done(tmp_path):
 
 
 def test_an_exact_generation_engine_keeps_an_evaluation_cached_and_vllm_does_not():
-    base = EvaluateConfig(output="o", model="m")  # engine "loop": transformers' exact greedy answers
-    assert config_fingerprint(dataclasses.replace(base, engine="hf")) == config_fingerprint(base)
+    base = EvaluateConfig(output="o", model="m")  # engine "prefix": transformers' exact greedy answers
+    assert base.engine == "prefix"
+    for exact in ("loop", "hf"):  # evaluations run before "prefix" became the default stay cached
+        assert config_fingerprint(dataclasses.replace(base, engine=exact)) == config_fingerprint(base)
     assert config_fingerprint(dataclasses.replace(base, engine="vllm")) != config_fingerprint(base)
 
 

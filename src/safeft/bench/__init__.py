@@ -50,9 +50,10 @@ class BenchSettings:
     precisions: tuple[str, ...] = ("fp32", "bf16")
     reps: int = 3  # timed rounds per precision (after one warm-up round and one memory round)
     methods: tuple[str, ...] = field(default_factory=default_methods)
-    prompts: int = 64
-    max_new_tokens: int = 64
-    generation_batch_size: int = 16
+    prompts: int = 64  # per prompt set: harmful prompts, SST-2 rows
+    max_new_tokens: int = 64  # harmful prompts
+    task_max_new_tokens: int = 4  # SST-2: the label word
+    generation_batch_size: int = 32
     judges: tuple[str, ...] = JUDGES
     data_dir: str | None = None
     quickstart: bool = False
@@ -72,6 +73,7 @@ class BenchSettings:
             reps=2,
             prompts=4,
             max_new_tokens=4,
+            task_max_new_tokens=2,
             generation_batch_size=4,
             judges=("keyword",),
             repair_calibration_rows=4,
@@ -87,7 +89,8 @@ class BenchResult:
     command: str
     training: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> method -> numbers
     repairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # repair method -> numbers
-    generation: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)  # harmful prompts
+    task_generation: dict[str, Any] = field(default_factory=dict)  # SST-2 rows
     judges: dict[str, Any] = field(default_factory=dict)
     quickstart: dict[str, Any] = field(default_factory=dict)
     seconds_total: float = 0.0
@@ -207,17 +210,36 @@ def _weights(model: Any) -> int:
 
 
 def _evaluation(result: BenchResult, model: Any, tok: Any) -> None:
-    from safeft.bench.evaluation import eval_prompts, generation_throughput, judge_throughput
+    from safeft.bench.evaluation import eval_prompts, judge_throughput, task_prompts
 
     s = result.settings
     prompts, where = eval_prompts(s.prompts, s.data_dir)
-    speeds, answers, same = generation_throughput(
-        model, tok, prompts, s.max_new_tokens, s.generation_batch_size
+    result.generation, answers = _generation(
+        model, tok, prompts, where, s.max_new_tokens, s.generation_batch_size
     )
-    result.generation = {
+    rows, where = task_prompts(s.prompts, s.data_dir)
+    result.task_generation, _ = _generation(
+        model, tok, rows, where, s.task_max_new_tokens, s.generation_batch_size
+    )
+    for name, t in judge_throughput(s.judges, prompts, answers).items():
+        result.judges[name] = (
+            {"error": t}
+            if isinstance(t, str)
+            else {"pairs": t.items, "seconds": t.seconds, "pairs_per_second": t.per_second}
+        )
+
+
+def _generation(
+    model: Any, tok: Any, prompts: list[str], where: str, max_new_tokens: int, batch_size: int
+) -> tuple[dict[str, Any], list[str]]:
+    """The generation table of one prompt set, and the default engine's answers."""
+    from safeft.bench.evaluation import generation_throughput
+
+    speeds, answers, same = generation_throughput(model, tok, prompts, max_new_tokens, batch_size)
+    table = {
         "prompts": where,
-        "max_new_tokens": s.max_new_tokens,
-        "batch_size": s.generation_batch_size,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
         "identical_answers": same,
         **{
             k: {
@@ -229,12 +251,7 @@ def _evaluation(result: BenchResult, model: Any, tok: Any) -> None:
             for k, v in speeds.items()
         },
     }
-    for name, t in judge_throughput(s.judges, prompts, answers).items():
-        result.judges[name] = (
-            {"error": t}
-            if isinstance(t, str)
-            else {"pairs": t.items, "seconds": t.seconds, "pairs_per_second": t.per_second}
-        )
+    return table, answers
 
 
 def _quickstart(result: BenchResult, output: Path) -> None:
@@ -341,7 +358,8 @@ def run_bench(
     log.info("bench: loading %s", settings.model)
     model_obj, tok = load_model(settings.model)
     _training(result, model_obj, tok)
-    _repairs(result, model_obj, tok)
+    if settings.precisions:  # --precisions none: evaluation only
+        _repairs(result, model_obj, tok)
     _evaluation(result, model_obj, tok)
     _quickstart(result, output)
     result.seconds_total = time.perf_counter() - start

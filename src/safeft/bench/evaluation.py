@@ -67,9 +67,30 @@ class Throughput:
         return self.items / self.seconds if self.seconds > 0 else float("inf")
 
 
-# The generation paths compared, in the table's order: batched with the greedy loop (finished rows
-# leave the batch), batched with transformers' generate, one prompt per generate call.
-GENERATION_PATHS = ("batched_loop", "batched_hf", "one_at_a_time")
+def task_prompts(n: int, data_dir: str | Path | None) -> tuple[list[str], str]:
+    """(n SST-2 evaluation prompts, where they came from): the validation rows of a data folder, else templated sentences."""
+    from safeft.data.tasks import SST2_INSTRUCTION
+
+    if data_dir:
+        from safeft.data.tasks import get_task
+
+        records = get_task("sst2").load_eval(None, data_dir=data_dir)
+        if len(records) >= n:
+            return [format_prompt(r) for r in records[:n]], f"first {n} SST-2 validation rows ({data_dir})"
+        log.warning("only %d SST-2 validation rows in %s; using templated sentences", len(records), data_dir)
+    sentences = [
+        f"the film about {topic} is {'not ' * (i % 2)}worth seeing{' , and the cast is fine' * (i % 3)} . "
+        for i, topic in enumerate(_TOPICS * (n // len(_TOPICS) + 1))
+    ][:n]
+    return [
+        format_prompt(Record(instruction=SST2_INSTRUCTION, input=s)) for s in sentences
+    ], f"{n} templated sentences (no data folder given)"
+
+
+# The generation paths compared, in the table's order: batched with the shared-prefix engine (the
+# default), batched with the greedy loop (one left-padded prefill), one prompt per generate call.
+# Both batched paths drop finished rows from the batch.
+GENERATION_PATHS = ("batched_prefix", "batched_loop", "one_at_a_time")
 
 
 def generation_throughput(
@@ -79,26 +100,25 @@ def generation_throughput(
 
     Each runs once after a short untimed warm-up; they are interleaved halves (every path on the
     first half, then every path on the second half) so that machine load hits them alike. Returns
-    the throughputs, the loop's answers (input order) and, per batched path, how many of its answers
-    are identical to the one-at-a-time answers.
+    the throughputs, the default engine's answers (input order) and, per batched path, how many of
+    its answers are identical to the one-at-a-time answers.
     """
     from safeft.evaluation.generate import generate_answers, generate_one_at_a_time
 
     prompts = list(prompts)
     generate_answers(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
     runs = {
-        "batched_loop": lambda chunk: generate_answers(
-            model, tokenizer, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False
-        ),
-        "batched_hf": lambda chunk: generate_answers(
+        f"batched_{engine}": lambda chunk, engine=engine: generate_answers(
             model,
             tokenizer,
             chunk,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=False,
-            engine="hf",
-        ),
+            engine=engine,
+        )
+        for engine in ("prefix", "loop")
+    } | {
         "one_at_a_time": lambda chunk: generate_one_at_a_time(
             model, tokenizer, chunk, max_new_tokens=max_new_tokens, progress=False
         ),
@@ -118,7 +138,7 @@ def generation_throughput(
         name: sum(a == b for a, b in zip(answers[name], reference, strict=True))
         for name in GENERATION_PATHS[:-1]
     }
-    return {k: Throughput(len(prompts), v) for k, v in seconds.items()}, answers["batched_loop"], same
+    return {k: Throughput(len(prompts), v) for k, v in seconds.items()}, answers["batched_prefix"], same
 
 
 def judge_throughput(

@@ -193,29 +193,10 @@ def render(result: Any) -> str:
             )
         out.append("")
 
-    g = result.generation
     out += ["## Evaluation throughput", ""]
-    if g:
-        out += [
-            f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens, batch {g['batch_size']} "
-            "(`generate_answers`: length-sorted, left padding, KV cache): with the greedy loop "
-            "(`engine loop`: finished rows leave the batch) and with transformers' `generate` (`engine hf`); "
-            "one at a time = `generate_one_at_a_time`. Interleaved halves (every path on the first half, then on "
-            "the second), one run. Identical answers to one at a time: "
-            + ", ".join(
-                f"{k.replace('_', ' ')} {n} of {g[k]['answers']}" for k, n in g["identical_answers"].items()
-            )
-            + ".",
-            "",
-            "| generation | answers | seconds | answers/s | × one at a time |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | "
-                f"{g[k]['answers_per_second']:.2f} | {g[k]['speedup']:.1f}× |"
-                for k in ("batched_loop", "batched_hf", "one_at_a_time")
-            ),
-            "",
-        ]
+    for title, g in (("Harmful prompts", result.generation), ("SST-2", result.task_generation)):
+        if g:
+            out += [f"### {title}", "", *_generation_table(g)]
     if result.judges:
         out += [
             "Judges on the same (prompt, batched answer) pairs, best of 3, weights loaded beforehand:",
@@ -237,6 +218,31 @@ def render(result: Any) -> str:
     )
     out.append("")
     return "\n".join(out)
+
+
+def _generation_table(g: dict[str, Any]) -> list[str]:
+    paths = [k for k in ("batched_prefix", "batched_loop", "batched_hf", "one_at_a_time") if k in g]
+    return [
+        f"{g['prompts']}, greedy, at most {g['max_new_tokens']} new tokens, batch {g['batch_size']} "
+        "(`generate_answers`: length-sorted batches, KV cache, finished rows leave the batch): `engine prefix` "
+        "(the default: the prompts' common first tokens computed once, the rest prefilled in length buckets) "
+        "and `engine loop` (one left-padded prefill); one at a time = `generate_one_at_a_time` (transformers' "
+        "`generate`, one prompt per call). Interleaved halves (every path on the first half, then on the "
+        "second), one run. Identical answers to one at a time: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {n} of {g[k]['answers']}" for k, n in g["identical_answers"].items()
+        )
+        + ".",
+        "",
+        "| generation | answers | seconds | answers/s | × one at a time |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {k.replace('_', ' ')} | {g[k]['answers']} | {g[k]['seconds']:.1f} | "
+            f"{g[k]['answers_per_second']:.2f} | {g[k]['speedup']:.1f}× |"
+            for k in paths
+        ),
+        "",
+    ]
 
 
 def write_report(result: Any, output: Path) -> None:

@@ -99,7 +99,7 @@ def evaluate_model(
     batch_size: int = 16,
     template: str = "alpaca",
     progress: bool = True,
-    engine: str = "loop",
+    engine: str = "prefix",
     generator: Generator | None = None,
 ) -> EvaluationOutput:
     """The summary of one model's evaluation and its per-sample rows.

@@ -71,10 +71,12 @@ class EvaluateConfig(Config):
     )
     batch_size: int = option(16, "prompts generated together", range=(1, None))
     engine: str = option(
-        "loop",
-        "generation engine: loop (greedy decoding, finished rows leave the batch: transformers' exact answers), "
-        "hf (transformers' generate), vllm (GPU; LoRA adapter loaded natively; pip install 'safeft[vllm]')",
-        choices=("loop", "hf", "vllm"),
+        "prefix",
+        "generation engine: prefix (greedy; the prompts' common first tokens computed once, prefill in length "
+        "buckets, finished rows leave the batch), loop (greedy; one left-padded prefill, finished rows leave "
+        "the batch), hf (transformers' generate) — these three give transformers' greedy answers; "
+        "vllm (GPU; LoRA adapter loaded natively; pip install 'safeft[vllm]')",
+        choices=("prefix", "loop", "hf", "vllm"),
         # how answers are computed, not which (for the exact engines): earlier evaluations stay cached
         fingerprint=lambda engine: engine not in EXACT_ENGINES,
     )

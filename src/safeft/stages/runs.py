@@ -56,7 +56,7 @@ from safeft.io import read_json, write_json
 log = logging.getLogger("safeft")
 
 # Generation engines that give transformers' exact greedy answers (tests/test_generate.py).
-EXACT_ENGINES = ("loop", "hf")
+EXACT_ENGINES = ("prefix", "loop", "hf")
 
 PACKAGES = ("safeft", "torch", "transformers", "peft", "accelerate", "datasets")
 
