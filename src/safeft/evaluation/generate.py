@@ -123,9 +123,9 @@ def _greedy_decode(
     return tokens
 
 
-# A forward pass costs about as much as this many more prompt tokens (kernel launches, Python):
-# the prefill of `greedy_tokens_shared_prefix` splits a batch into length buckets only where the
-# padding it saves is worth more than the extra passes.
+# What one more forward pass is taken to cost, in prompt tokens (kernel launches, Python; a round
+# figure, not measured per machine): the prefill of `greedy_tokens_shared_prefix` splits a batch
+# into length buckets only where the padding it saves is worth more than the extra passes.
 PREFILL_PASS_COST_TOKENS = 32
 
 
@@ -199,6 +199,7 @@ def greedy_tokens_shared_prefix(
             input_ids=torch.tensor([prompts[0][:n_shared]], device=device),
             past_key_values=shared,
             use_cache=True,
+            logits_to_keep=1,  # only its keys and values are used
         )
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     own_lengths = [len(prompts[i]) - n_shared for i in order]
