@@ -242,6 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
+        reference=tuple(p for p in args.reference.split(",") if p) if args.reference else None,
     )
 
 
@@ -537,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHODS",
         help="comma-separated methods to step a second time with the loss from the full logits "
         "(before/after of the deferred output layer, in the same rounds)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="PATH[,PATH]",
+        help="local checkouts of the papers' repositories (e.g. git-disl/Booster, Lslland/T-Vaccine): step their "
+        "trainers side by side with safeft's for the same methods (only that is run) and write that section of "
+        "--output plus <output>.reference.json",
     )
     p.set_defaults(func=cmd_bench)
     return parser

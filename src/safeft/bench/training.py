@@ -177,7 +177,7 @@ class MethodStep:
 
     def close(self) -> None:
         t = self.trainer
-        if hasattr(t, "train"):  # T-Vaccine leaves adapters frozen between its steps
+        if hasattr(t, "trainable"):  # T-Vaccine leaves adapters frozen between its steps
             for p in t.trainable:
                 p.requires_grad_(True)
         t.accelerator.free_memory()
@@ -253,6 +253,12 @@ def step_peak_bytes(step: Callable[[], Any]) -> tuple[int, int]:
     return peak, running
 
 
+def rotated(round_: int, steps: list[MethodStep]) -> list[MethodStep]:
+    """The default round order: the list rotated by one more place every round."""
+    k = round_ % len(steps)
+    return steps[k:] + steps[:k]
+
+
 @dataclass
 class MemoryResult:
     peak_bytes: int  # live tensor bytes at the step's peak: this method's state + the step's transient peak
@@ -274,14 +280,16 @@ def measure_methods(
     reps: int,
     progress: Callable[[str], None] = log.info,
     registry: Mapping[str, Any] = METHODS,
+    order: Callable[[int, list[MethodStep]], list[MethodStep]] | None = None,
 ) -> dict[str, MethodCost]:
     """Seconds per step (`reps` interleaved rounds) and peak live-tensor bytes of every method.
 
     1. Set-up, one method at a time: its trainer and one warm-up step; the tensors this leaves
        alive (found with gc, compared with before) are the method's state.
     2. One untimed round under the profiler: each step's transient peak of tensor bytes.
-    3. `reps` timed rounds, the order rotated every round.
+    3. `reps` timed rounds, the order rotated every round (or `order(round, steps)`).
     """
+    order = order or rotated
     with tempfile.TemporaryDirectory() as workdir:
         steps: list[MethodStep] = []
         state: dict[str, int] = {}
@@ -299,8 +307,7 @@ def measure_methods(
                 transient[s.name], _ = step_peak_bytes(s.step)
             progress(f"[{setup.precision}] memory round done")
             for round_ in range(reps):
-                k = round_ % len(steps)
-                for s in steps[k:] + steps[:k]:  # rotate the order every round
+                for s in order(round_, steps):
                     times[s.name].append(s.step())
                 progress(
                     f"[{setup.precision}] round {round_ + 1}/{reps}: "
