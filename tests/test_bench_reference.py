@@ -71,18 +71,24 @@ def test_reference_steps_run_beside_safeft_with_the_same_settings(fake_checkout,
     out.parent.mkdir()
     out.write_text("# Benchmarks\n\nThe rest of the page.\n")
     args = ["bench", "--smoke", "--reference", str(fake_checkout), "--reps", "2", "--output", str(out)]
+    args += ["--compare", "full-logits"]
 
     assert main(args) == 0
 
     data = json.loads(out.with_suffix(".reference.json").read_text())
     rows = data["reference"]["fp32"]
     assert list(rows) == ["sft", "booster"]  # transformers.Trainer is the references' SFT
-    for method, pair in rows.items():
-        assert set(pair) == {"reference", "safeft"}, method
-        ours, ref = pair["safeft"], pair["reference"]
-        assert ours["time_ratio"] == pytest.approx(ours["seconds"]["median"] / ref["seconds"]["median"])
-        assert ours["time_ratio_min"] <= ours["time_ratio"] <= ours["time_ratio_max"]
-        assert ref["memory"]["peak_bytes"] > 0 and ours["memory"]["peak_bytes"] > 0
+    for method, group in rows.items():
+        assert set(group) == {"reference", "safeft", "full-logits"}, method
+        ref = group["reference"]
+        for ours in (group["safeft"], group["full-logits"]):
+            assert ours["time_ratio"] == pytest.approx(ours["seconds"]["median"] / ref["seconds"]["median"])
+            assert ours["time_ratio_min"] <= ours["time_ratio"] <= ours["time_ratio_max"]
+            cpu = ours["cpu_seconds"]["median"] / ref["cpu_seconds"]["median"]
+            assert ours["cpu_time_ratio"] == pytest.approx(cpu)
+            assert ref["memory"]["peak_bytes"] > 0 and ours["memory"]["peak_bytes"] > 0
+        # the full logits (batch x length x vocabulary) are formed only by the full-logits variant
+        assert group["full-logits"]["memory"]["peak_bytes"] > group["safeft"]["memory"]["peak_bytes"]
     assert "fake+Booster" in data["reference_sources"]["booster"]
     assert data["reference_sources"]["sft"].startswith("transformers.Trainer")
     # bf16 on a CPU without native bf16 is reported as not measurable rather than emulated.
@@ -107,6 +113,26 @@ def test_reference_steps_run_beside_safeft_with_the_same_settings(fake_checkout,
     # A second run replaces its section instead of adding another one.
     assert main(args) == 0
     assert out.read_text().count("## Against the papers' reference trainers") == 1
+
+
+@pytest.mark.parametrize(("variant", "foreach"), [("adamw-foreach", True), ("adamw-forloop", False)])
+def test_optimizer_variants_swap_the_fused_adamw_for_another_implementation(variant, foreach, tmp_path):
+    import torch
+
+    from _methods_support import args, collate, rows, tiny, trainer
+    from safeft.bench import variant_trainer
+    from safeft.methods import METHODS
+
+    plain = trainer("sft", tiny(), tmp_path)
+    plain.create_optimizer()
+    assert plain.optimizer.defaults["fused"] is True  # TrainingArguments' default: the fused kernel
+
+    cls = variant_trainer(METHODS["sft"].trainer_cls, variant)
+    t = cls(model=tiny(), args=args(tmp_path), train_dataset=rows(4, seed=1), data_collator=collate)
+    t.create_optimizer()
+    assert isinstance(t.optimizer, torch.optim.AdamW)
+    assert not t.optimizer.defaults["fused"] and t.optimizer.defaults["foreach"] is foreach
+    assert t.optimizer.defaults["lr"] == plain.optimizer.defaults["lr"]
 
 
 def test_a_folder_without_a_reference_trainer_is_a_clear_error(tmp_path, capsys):

@@ -243,6 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
         reference=tuple(p for p in args.reference.split(",") if p) if args.reference else None,
+        variants=tuple(v for v in args.compare.split(",") if v) if args.compare else None,
     )
 
 
@@ -546,6 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="local checkouts of the papers' repositories (e.g. git-disl/Booster, Lslland/T-Vaccine): step their "
         "trainers side by side with safeft's for the same methods (only that is run) and write that section of "
         "--output plus <output>.reference.json",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="VARIANT[,VARIANT]",
+        help="with --reference: also step each method these ways in the same rounds: full-logits, deferred "
+        "(the loss's output layer forced), adamw-foreach, adamw-forloop (instead of the fused AdamW)",
     )
     p.set_defaults(func=cmd_bench)
     return parser

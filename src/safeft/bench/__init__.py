@@ -62,6 +62,7 @@ class BenchSettings:
     repair_calibration_rows: int = 64  # Antidote's calibration rows in the repair benchmark
     # Checkouts of the papers' repositories: their trainers stepped beside safeft's (only that is run).
     reference: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()  # with reference: each method also stepped these ways (VARIANTS)
 
     @classmethod
     def smoke(cls, model: str | None = None, **overrides: Any) -> BenchSettings:
@@ -140,26 +141,69 @@ def machine_info() -> dict[str, Any]:
 
 FULL_LOGITS = "/full-logits"  # suffix of a method stepped with the loss from the full logits
 
+# Other ways to step a method, measured beside it in the same rounds (`<method>/<variant>`):
+# the before/after of a time or memory choice.
+VARIANTS = {
+    "full-logits": "the loss from the full logits (train.output_layer: full)",
+    "deferred": "the output layer deferred to the response tokens (train.output_layer: deferred)",
+    "adamw-foreach": "AdamW's foreach (multi-tensor) kernels instead of the fused one",
+    "adamw-forloop": "AdamW's tensor-by-tensor loop instead of the fused kernel",
+}
 
-def with_full_logits_variants(
-    methods: tuple[str, ...], compared: tuple[str, ...]
+
+def variant_trainer(trainer_cls: type, variant: str) -> type:
+    """`trainer_cls` stepping the `variant` way (a subclass; nothing else changes)."""
+    from transformers import Trainer
+
+    from safeft.methods.loss import LossPath
+
+    loss_path = {"full-logits": LossPath("full"), "deferred": LossPath("deferred")}.get(variant)
+
+    class Variant(trainer_cls):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            if loss_path is not None:
+                kwargs["loss_path"] = loss_path
+            super().__init__(*args, **kwargs)
+
+        @staticmethod
+        def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+            if variant.startswith("adamw-"):
+                kwargs = {k: v for k, v in kwargs.items() if k != "fused"}
+                kwargs["foreach"] = variant == "adamw-foreach"
+            return cls, kwargs
+
+    Variant.__name__ = f"{trainer_cls.__name__}_{variant.replace('-', '_')}"
+    return Variant
+
+
+def with_variants(
+    methods: tuple[str, ...], compared: dict[str, tuple[str, ...]]
 ) -> tuple[tuple[str, ...], dict]:
-    """The methods plus `<m>/full-logits` for each compared one, and the registry that builds them."""
+    """The methods plus `<m>/<variant>` for each variant's methods, and the registry that builds them."""
     import dataclasses
 
     from safeft.methods import METHODS
 
     registry: dict[str, Any] = dict(METHODS)
-    for name in compared:
-        spec = METHODS[name]
+    names = list(methods)
+    for variant, which in compared.items():
+        if variant not in VARIANTS:
+            raise SafeftError(f"bench: unknown variant {variant!r}; available: {', '.join(VARIANTS)}")
+        for name in which:
+            spec = METHODS[name]
+            registry[f"{name}/{variant}"] = dataclasses.replace(
+                spec, trainer_cls=variant_trainer(spec.trainer_cls, variant)
+            )
+            names.append(f"{name}/{variant}")
+    return tuple(names), registry
 
-        class FullLogits(spec.trainer_cls):  # type: ignore[name-defined, misc]
-            def __init__(self, *args: Any, **kwargs: Any):
-                super().__init__(*args, **kwargs)
-                self.output_layer = None  # lm_loss then takes the cross-entropy of the full logits
 
-        registry[name + FULL_LOGITS] = dataclasses.replace(spec, trainer_cls=FullLogits)
-    return methods + tuple(name + FULL_LOGITS for name in compared), registry
+def with_full_logits_variants(
+    methods: tuple[str, ...], compared: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict]:
+    """The methods plus `<m>/full-logits` for each compared one, and the registry that builds them."""
+    return with_variants(methods, {"full-logits": compared} if compared else {})
 
 
 def _training(result: BenchResult, model: Any, tok: Any) -> None:
@@ -199,6 +243,14 @@ def _row(cost: Any, ref: Any) -> dict[str, Any]:
         per_round = sorted(a / b for a, b in zip(cost.seconds.values, ref.seconds.values, strict=True))
         row["time_ratio_min"], row["time_ratio_max"] = per_round[0], per_round[-1]
         row["memory_ratio"] = cost.memory.peak_bytes / ref.memory.peak_bytes
+        if cost.cpu_seconds is not None and ref.cpu_seconds is not None:
+            row["cpu_time_ratio"] = cost.cpu_seconds.median / ref.cpu_seconds.median
+            per_round = sorted(
+                a / b for a, b in zip(cost.cpu_seconds.values, ref.cpu_seconds.values, strict=True)
+            )
+            row["cpu_time_ratio_min"], row["cpu_time_ratio_max"] = per_round[0], per_round[-1]
+    if cost.cpu_seconds is not None:
+        row["cpu_seconds"] = asdict(cost.cpu_seconds)
     return row
 
 
@@ -232,8 +284,10 @@ def _reference(result: BenchResult, model: Any, tok: Any) -> None:
             f"{', '.join(s.reference)} (found: {', '.join(found) or 'none'})"
         )
     result.reference_sources = {m: found[m].source for m in wanted}
-    variants = s.compare_full_logits
-    methods_, registry = with_full_logits_variants(tuple(wanted), tuple(m for m in wanted if m in variants))
+    compared = {v: tuple(wanted) for v in s.variants}
+    if s.compare_full_logits:
+        compared.setdefault("full-logits", tuple(m for m in wanted if m in s.compare_full_logits))
+    methods_, registry = with_variants(tuple(wanted), compared)
     registry = reference_registry({m: found[m] for m in wanted}, registry)
     groups = [[m + REFERENCE, m, *(v for v in methods_ if v.startswith(m + "/"))] for m in wanted]
     size = max(len(g) for g in groups)
@@ -373,6 +427,7 @@ def run_bench(
     threads: int | None = None,
     compare_full_logits: tuple[str, ...] | None = None,
     reference: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] | None = None,
 ) -> int:
     """Run the benchmark, write `output` (Markdown) and `output` with suffix .json; return 0."""
     from safeft.bench.report import write_reference_section, write_report
@@ -389,6 +444,7 @@ def run_bench(
             quickstart=quickstart,
             compare_full_logits=compare_full_logits,
             reference=reference,
+            variants=variants,
         ).items()
         if v not in (None, False)
     }
@@ -405,6 +461,15 @@ def run_bench(
     if not_run:
         raise SafeftError(
             f"bench: --compare-full-logits {', '.join(not_run)}: not among the methods benchmarked"
+        )
+    if settings.variants and not settings.reference:
+        raise SafeftError(
+            "bench: --compare goes with --reference (the full benchmark has --compare-full-logits)"
+        )
+    bad_variants = [v for v in settings.variants if v not in VARIANTS]
+    if bad_variants:
+        raise SafeftError(
+            f"bench: unknown --compare {', '.join(bad_variants)}; available: {', '.join(VARIANTS)}"
         )
     if settings.reference:
         if methods is None:
@@ -439,6 +504,8 @@ def run_bench(
     if settings.reference:
         _reference(result, model_obj, tok)
         result.seconds_total = time.perf_counter() - start
+        if hasattr(os, "getloadavg"):
+            result.machine["load_average_at_end"] = list(os.getloadavg())
         write_reference_section(result, output)
         log.info("bench: wrote the reference comparison into %s (%.0f s)", output, result.seconds_total)
         return 0

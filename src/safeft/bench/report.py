@@ -266,7 +266,9 @@ def write_reference_section(result: Any, output: Path) -> None:
     """Put the reference comparison into `output` (replacing an earlier one) and its numbers into
     `<output>.reference.json`; the rest of an existing page is left as it is."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    section = "\n".join([REFERENCE_BEGIN, *render_reference(result, reference_json(output).name), REFERENCE_END])
+    section = "\n".join(
+        [REFERENCE_BEGIN, *render_reference(result, reference_json(output).name), REFERENCE_END]
+    )
     text = output.read_text() if output.is_file() else "# Benchmarks\n"
     old = _section(text)
     text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section + "\n"
@@ -274,13 +276,29 @@ def write_reference_section(result: Any, output: Path) -> None:
     atomic_write_text(reference_json(output), json.dumps(asdict(result), indent=2, default=str) + "\n")
 
 
-def _ratio(row: dict[str, Any]) -> str:
-    return f"**{row['time_ratio']:.2f}** ({row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f})"
+def _ratio(row: dict[str, Any], what: str = "time_ratio") -> str:
+    if what not in row:
+        return "–"
+    return f"**{row[what]:.2f}** ({row[what + '_min']:.2f}–{row[what + '_max']:.2f})"
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    return f"{row['cpu_seconds']['median']:.2f}" if "cpu_seconds" in row else "–"
 
 
 def render_reference(result: Any, json_name: str) -> list[str]:
     s, m = result.settings, result.machine
     load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"] or [])
+    end = m.get("load_average_at_end")
+    busy = [
+        x for x in (m["load_average_at_start"] or [])[:1] + (end or [])[:1] if x > 0.5 * m["logical_cores"]
+    ]
+    load += (f"; at the end: {', '.join(f'{x:.1f}' for x in end)}" if end else "") + (
+        f" — **measured under load** (more runnable processes than half the {m['logical_cores']} cores): "
+        "wall times are inflated and noisy, the CPU-time ratios are the fairer comparison"
+        if busy
+        else ""
+    )
     out = [
         "## Against the papers' reference trainers (same run, side by side)",
         "",
@@ -296,30 +314,33 @@ def render_reference(result: Any, json_name: str) -> list[str]:
         "one steps exactly as `Trainer.train` would, like safeft's. Per precision: one warm-up round, one memory round, then "
         f"{s.reps} timed rounds; in each round a method's reference and safeft steps run back to back, who goes first "
         "alternating from round to round. *safeft ÷ reference* is the ratio of the median seconds per step, with the range "
-        "of the per-round ratios; memory is peak live tensor bytes of one steady-state step (as above; on a GPU "
-        "`torch.cuda.max_memory_allocated`).",
+        "of the per-round ratios; the same for the CPU seconds the process spent in each step (on a shared CPU the "
+        "steadier measure: wall time also waits for other processes; on a GPU only wall time counts); memory is peak "
+        "live tensor bytes of one steady-state step (as above; on a GPU `torch.cuda.max_memory_allocated`).",
         "",
         f"Machine: {m['cpu']} ({', '.join(m['cpu_features']) or 'no AVX-512/AMX'}), {m['logical_cores']} logical cores, torch "
         f"threads {m['torch_threads']}, GPU {m['gpu'] or 'none'}; torch {m['torch']}, transformers {m['transformers']}, "
-        f"peft {m['peft']}. Load average at the start: {load} — a shared machine, so only ratios within this run compare.",
+        f"peft {m['peft']}. Load average at the start: {load}. A shared machine: only ratios within this run compare.",
         "",
-        "| method | reference trainer | reference s/step | safeft s/step | safeft ÷ reference (per-round range) | peak MiB, reference / safeft |",
-        "|---|---|---:|---:|---|---|",
+        "| method | reference trainer | reference s/step (CPU s) | safeft s/step (CPU s) | safeft ÷ reference, wall (per-round range) "
+        "| safeft ÷ reference, CPU time (range) | peak MiB, reference / safeft |",
+        "|---|---|---:|---:|---|---|---|",
     ]
     for precision, rows in result.reference.items():
         for method, r in rows.items():
             ref, ours = r["reference"], r["safeft"]
             out.append(
-                f"| {method} ({precision}) | {result.reference_sources.get(method, '')} | {ref['seconds']['median']:.2f} "
-                f"| {ours['seconds']['median']:.2f} | {_ratio(ours)} "
+                f"| {method} ({precision}) | {result.reference_sources.get(method, '')} "
+                f"| {ref['seconds']['median']:.2f} ({_cpu(ref)}) | {ours['seconds']['median']:.2f} ({_cpu(ours)}) "
+                f"| {_ratio(ours)} | {_ratio(ours, 'cpu_time_ratio')} "
                 f"| {_mb(ref['memory']['peak_bytes'])} / {_mb(ours['memory']['peak_bytes'])} |"
             )
             for variant, v in r.items():
                 if variant not in ("reference", "safeft"):
                     out.append(
-                        f"| {method} ({precision}), safeft {variant} | | | {v['seconds']['median']:.2f} | {_ratio(v)} "
-                        f"| – / {_mb(v['memory']['peak_bytes'])} |"
+                        f"| {method} ({precision}), safeft {variant} | | | {v['seconds']['median']:.2f} ({_cpu(v)}) "
+                        f"| {_ratio(v)} | {_ratio(v, 'cpu_time_ratio')} | – / {_mb(v['memory']['peak_bytes'])} |"
                     )
     for precision, why in result.not_measured.items():
-        out.append(f"| every method ({precision}) | {why} | | | | |")
+        out.append(f"| every method ({precision}) | {why} | | | | | |")
     return out + [""]

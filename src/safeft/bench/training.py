@@ -164,7 +164,7 @@ class MethodStep:
         t, model = self.trainer, self.model
         batch = {k: v.clone() for k, v in self.batches[t.state.global_step % len(self.batches)].items()}
         _synchronize()  # on a GPU, time the kernels, not their launch
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         t.training_step(model, batch)
         if t.args.max_grad_norm > 0:
             t._clip_grad_norm(model)
@@ -173,6 +173,9 @@ class MethodStep:
         model.zero_grad()
         t.state.global_step += 1
         _synchronize()
+        # CPU seconds of this process: the work of the step, what load from other processes on a
+        # shared machine inflates least (with one torch thread, wall time waits for the CPU too).
+        self.cpu_seconds = time.process_time() - cpu_start
         return time.perf_counter() - start
 
     def close(self) -> None:
@@ -270,6 +273,7 @@ class MemoryResult:
 class MethodCost:
     seconds: Spread
     memory: MemoryResult
+    cpu_seconds: Spread | None = None  # CPU time of the process during each timed step
 
 
 def measure_methods(
@@ -295,6 +299,7 @@ def measure_methods(
         state: dict[str, int] = {}
         transient: dict[str, int] = {}
         times: dict[str, list[float]] = {m: [] for m in methods}
+        cpu_times: dict[str, list[float]] = {m: [] for m in methods}
         try:
             for name in methods:
                 before = alive()
@@ -309,6 +314,7 @@ def measure_methods(
             for round_ in range(reps):
                 for s in order(round_, steps):
                     times[s.name].append(s.step())
+                    cpu_times[s.name].append(s.cpu_seconds)
                 progress(
                     f"[{setup.precision}] round {round_ + 1}/{reps}: "
                     + ", ".join(f"{m} {times[m][-1]:.2f}s" for m in methods)
@@ -319,6 +325,10 @@ def measure_methods(
             del steps
             gc.collect()
     return {
-        m: MethodCost(Spread(times[m]), MemoryResult(state[m] + transient[m], state[m], transient[m]))
+        m: MethodCost(
+            Spread(times[m]),
+            MemoryResult(state[m] + transient[m], state[m], transient[m]),
+            Spread(cpu_times[m]),
+        )
         for m in methods
     }
