@@ -44,7 +44,8 @@ def _experiment(root: Path, data: dict[str, str], output: Path) -> Path:
 
 
 def _stage_dir(runs: Path, kind: str) -> Path:
-    (path,) = (runs / kind).iterdir()
+    # the folder of the one stage of `kind` (a killed run leaves its lock file `.NAME.lock` beside it)
+    (path,) = (p for p in (runs / kind).iterdir() if p.is_dir())
     return path
 
 
