@@ -165,8 +165,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of
-    from safeft.pipeline.report import markdown_table, paired_count_cells
+    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of, paired_count_cells
+    from safeft.tables import markdown_table
 
     reference = Path(args.reference)
     rows = []

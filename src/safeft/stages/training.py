@@ -16,7 +16,6 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from safeft.config import Config, option
-from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
 from safeft.hardware import use_bf16
@@ -25,6 +24,7 @@ from safeft.methods import METHODS, get_method
 from safeft.methods.loss import OUTPUT_LAYER_PATHS, LossPath
 from safeft.models import LoraSettings
 from safeft.stages.runs import PeakMemory, RunDir
+from safeft.stages.stage_config import MethodStageConfig
 
 log = logging.getLogger("safeft")
 
@@ -105,41 +105,13 @@ MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method
 
 
 @dataclass
-class TrainingStageConfig(Config):
+class TrainingStageConfig(MethodStageConfig):
     """What the align and finetune stage configs share (each subclass sets `method`'s choices and `train`'s defaults)"""
 
-    output: str = option(
-        None, "run directory to write (created; an unfinished run there is resumed)", fingerprint=False
-    )
     method: str = option("sft", "training method")
-    data_dir: str | None = option(
-        None,
-        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
-        fingerprint=False,
-    )
-    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
-    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
-    cache_dir: str | None = option(
-        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
-    )
+    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
-    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
-
-    @property
-    def method_config(self) -> Any:
-        """The chosen method's own section of `methods`."""
-        return getattr(self.methods, self.method.replace("-", "_"))
-
-    def fingerprint_data(self) -> dict[str, Any]:
-        # Only the chosen method's section can change the result: registering a method or changing
-        # another method's defaults must not rename (and so orphan) every cached run.
-        data = super().fingerprint_data()
-        data["methods"] = {self.method: self.method_config.fingerprint_data()}
-        return data
-
-    def check(self) -> list[str]:
-        return [] if self.output else ["output: required (the run directory to write)"]
 
 
 def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
