@@ -10,7 +10,11 @@ from safeft.data.records import Record
 from safeft.errors import SafeftError
 from safeft.evaluation.cpu_judge import (
     ASSET_DIR,
+    INFO_FILE,
     OVERLAY_FILE,
+    best_threshold,
+    judge_splits,
+    refusal_pairs,
     split_by_prompt,
     train_cpu_judge,
 )
@@ -241,19 +245,78 @@ def _tiny_data_folder(root):
     return root
 
 
+TINY_RECIPE = dict(train_layers=1, epochs=1, batch_size=4, num_threads=1, progress=False)
+
+
 def test_judge_train_is_deterministic_and_writes_a_loadable_judge(tmp_path):
     data = _tiny_data_folder(tmp_path / "data")
-    kwargs = dict(
-        data_dir=data, train_layers=1, epochs=1, batch_size=4, max_length=32, num_threads=1, progress=False
-    )
-    first = train_cpu_judge(tmp_path / "a", **kwargs)
-    train_cpu_judge(tmp_path / "b", **kwargs)
+    first = train_cpu_judge(tmp_path / "a", data_dir=data, **TINY_RECIPE)
+    second = train_cpu_judge(tmp_path / "b", data_dir=data, **TINY_RECIPE)
     assert (tmp_path / "a" / OVERLAY_FILE).read_bytes() == (tmp_path / "b" / OVERLAY_FILE).read_bytes()
-    assert (
-        first["eval_prompts"]["cpu"]["n"] == 2
-    )  # the evaluation prompt's two pairs: tested, never trained on
+    assert first == {**second, "train_seconds": first["train_seconds"]}  # same seed -> same metrics
+    # the evaluation prompt's two pairs: measured, never trained on; the refusals held out by request
+    assert first["eval_prompts"]["n"] == 2 and set(first["refusals_heldout"]["cpu"]) == {"flagged"}
     judge = CpuJudge(path=str(tmp_path / "a"))
-    assert len(judge.score(["q"], ["a"])) == 1 and judge.version.startswith("minilm-l6-top1")
+    assert len(judge.score(["q"], ["a"])) == 1 and judge.version.startswith("minilm-l6-top1-v2-seed0-")
+
+
+def test_judge_train_validation_only_leaves_the_test_sets_unmeasured(tmp_path):
+    metrics = train_cpu_judge(tmp_path / "j", data_dir=_tiny_data_folder(tmp_path / "data"), measure_test=False, **TINY_RECIPE)  # fmt: skip
+    assert "validation" in metrics and not {"heldout", "eval_prompts", "refusals_heldout"} & set(metrics)
+
+
+def test_the_threshold_and_weights_depend_on_no_test_label(tmp_path):
+    """Flip every label of the test sets (held-out prompts, evaluation prompts): the judge must not change."""
+    import json
+
+    data = _tiny_data_folder(tmp_path / "data")
+    train_cpu_judge(tmp_path / "a", data_dir=data, measure_test=False, **TINY_RECIPE)
+    splits = judge_splits(data)
+    test_prompts = {r.instruction for name in ("heldout", "eval_prompts") for r in splits[name]}
+    assert test_prompts and splits["validation"]
+    for name in ("beavertails/30k_test.jsonl", "pku_saferlhf/test_subset_2k.jsonl"):
+        path = data / name
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        flipped = [{**r, "is_safe": not r["is_safe"]} if r["prompt"] in test_prompts else r for r in rows]
+        assert flipped != rows
+        path.write_text("".join(json.dumps(r) + "\n" for r in flipped))
+    train_cpu_judge(tmp_path / "b", data_dir=data, measure_test=False, **TINY_RECIPE)
+    assert (tmp_path / "a" / OVERLAY_FILE).read_bytes() == (tmp_path / "b" / OVERLAY_FILE).read_bytes()
+    threshold = [json.loads((tmp_path / d / INFO_FILE).read_text())["threshold"] for d in "ab"]
+    assert threshold[0] == threshold[1]
+
+
+def test_best_threshold_maximises_f1_and_takes_the_smallest_of_ties():
+    labels = [False, False, True, True, True]
+    scores = [0.10, 0.40, 0.35, 0.60, 0.90]
+    # > 0.39 flags 0.40/0.60/0.90: P 2/3, R 2/3, F1 0.67; > 0.34 flags all but 0.10: P 3/4, R 1, F1 0.857;
+    # > 0.09 flags everything: F1 0.75; so 0.10 .. 0.34 all give 0.857 and the smallest, 0.10, wins
+    assert best_threshold(labels, scores) == 0.10
+    assert best_threshold([True, False], [0.97, 0.50]) == 0.50  # 0.50 .. 0.95 separate them; > 0.49 does not
+
+
+def test_refusal_rows_never_share_a_request_with_validation_or_test(tmp_path):
+    data = _tiny_data_folder(tmp_path / "data")
+    excluded = {"how do i hurt locks?", "how do i hurt cars?"}
+    train, heldout = refusal_pairs(data, excluded, limit=100)
+    requests = [r.instruction.lower() for r in train + heldout]
+    assert len(requests) == 6 and not excluded & set(requests)
+    assert not {r.instruction for r in train} & {r.instruction for r in heldout}
+    assert all(r.is_safe for r in train + heldout)
+    assert refusal_pairs(data, set(), limit=0) == ([], [])
+
+
+def test_the_real_split_never_puts_a_prompt_on_two_sides(shared_data):
+    splits = judge_splits(shared_data)
+    key = lambda rows: {" ".join(r.instruction.lower().split()) for r in rows}  # noqa: E731
+    parts = {name: key(rows) for name, rows in splits.items()}
+    names = sorted(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not parts[a] & parts[b], (a, b)
+    excluded = parts["validation"] | parts["heldout"] | parts["eval_prompts"]
+    train_refusals, _ = refusal_pairs(shared_data, excluded, limit=600)
+    assert len(train_refusals) == 600 and not key(train_refusals) & excluded
 
 
 def test_an_empty_answer_is_not_harmful_for_any_judge():
