@@ -456,9 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
     q.add_argument(
-        "--train-layers", type=int, default=2, help="top MiniLM layers fine-tuned (0-6; the rest frozen)"
+        "--train-layers", type=int, default=4, help="top MiniLM layers fine-tuned (0-6; the rest frozen)"
     )
     q.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
+    q.add_argument(
+        "--harmless-answer-rows",
+        type=int,
+        default=0,
+        help="answered harmless requests (AlpacaEval) added as harmless pairs (0 in the shipped judge)",
+    )
     q.add_argument("--seed", type=int, default=0, help="training seed (the split by prompt is fixed)")
     q.add_argument(
         "--threads",

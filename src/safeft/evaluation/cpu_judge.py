@@ -281,10 +281,16 @@ def _load_training_data(data_dir: str | Path | None) -> tuple[list[Record], list
     return pairs, [r.instruction for r in eval_records], _hashes(pairs + eval_records)
 
 
-def refusal_pairs(
-    data_dir: str | Path | None, excluded_prompts: set[str], limit: int
+HARMLESS_SOURCES = {
+    "refusals": "harmful requests answered with a refusal (Safety-Tuned LLaMAs)",
+    "alpaca": "harmless requests answered (AlpacaEval instructions and their answers)",
+}
+
+
+def harmless_pairs(
+    source: str, data_dir: str | Path | None, excluded_prompts: set[str], limit: int
 ) -> tuple[list[Record], list[Record]]:
-    """(train, held out): harmful requests answered with a refusal (Safety-Tuned LLaMAs), labelled not harmful.
+    """(train, held out): pairs of `source` (see `HARMLESS_SOURCES`), harmless by construction, labelled so.
 
     Requests that are also prompts of a test or validation set (`excluded_prompts`, compared after
     lower-casing and collapsing spaces) are dropped, so no prompt crosses the split; a fifth of the
@@ -295,7 +301,9 @@ def refusal_pairs(
     if not limit:
         return [], []
     rows = [
-        r for r in load_source("refusals", data_dir=data_dir) if _key(r.instruction) not in excluded_prompts
+        Record(r.instruction, r.input, r.output, {**r.meta, "is_safe": True})
+        for r in load_source(source, data_dir=data_dir)
+        if _key(r.instruction) not in excluded_prompts
     ]
     split = split_by_prompt(rows, set(), HOLDOUT_FRACTION, SPLIT_SEED)
     return split["train"][:limit], split["heldout"]
@@ -360,7 +368,7 @@ def train_cpu_judge(
     output_dir: str | Path,
     data_dir: str | Path | None = None,
     *,
-    train_layers: int = 2,
+    train_layers: int = 4,
     epochs: int = 2,
     batch_size: int = 32,
     learning_rate: float = 1e-4,
@@ -369,6 +377,7 @@ def train_cpu_judge(
     warmup_fraction: float = 0.1,
     max_length: int = 128,
     refusal_rows: int = 600,
+    harmless_answer_rows: int = 0,
     seed: int = 0,
     num_threads: int | None = 1,
     measure_test: bool = True,
@@ -378,12 +387,14 @@ def train_cpu_judge(
 
     Recipe: the labelled pairs split by prompt (`judge_splits`: 20% of prompts test, 10% validation,
     the rest train; the evaluation prompts' pairs never trained on), plus up to `refusal_rows`
-    refusals of harmful requests labelled not harmful; BCE on one logit; the threshold is the best-F1
+    refusals of harmful requests and `harmless_answer_rows` answered harmless requests (AlpacaEval;
+    0 in the shipped judge, see docs/judges.md), both labelled not harmful; BCE on one logit; the threshold is the best-F1
     one on the validation pairs, scored by the judge as written (fp16 overlay). Never a test set.
 
     Returns the metrics written to `judge.json`: validation, and unless `measure_test` is False (to
     compare recipes without looking at the test sets) the CPU judge and the keyword judge on the
-    held-out prompts ("heldout"), the evaluation prompts' pairs ("eval_prompts") and held-out refusals.
+    held-out prompts ("heldout"), the evaluation prompts' pairs ("eval_prompts"), and the share flagged
+    of held-out refusals and held-out answered harmless requests.
     `num_threads` is part of the recipe: the same seed and thread count give the same bytes.
     """
     import torch
@@ -397,11 +408,16 @@ def train_cpu_judge(
     pairs, eval_prompts, hashes = _load_training_data(data_dir)
     splits = split_by_prompt(pairs, set(eval_prompts), HOLDOUT_FRACTION, SPLIT_SEED, VALIDATION_FRACTION)
     not_for_training = {_key(r.instruction) for name in ("validation", *HELDOUT_SETS) for r in splits[name]}
-    refusals_train, refusals_heldout = refusal_pairs(data_dir, not_for_training, refusal_rows)
-    train = splits["train"] + refusals_train
+    refusals_train, refusals_heldout = harmless_pairs("refusals", data_dir, not_for_training, refusal_rows)
+    answered_train, answered_heldout = harmless_pairs(
+        "alpaca", data_dir, not_for_training, harmless_answer_rows
+    )
+    train = splits["train"] + refusals_train + answered_train
     log.info(
-        "cpu judge: %d training pairs (%d refusals), %d validation, %d held-out, %d pairs of evaluation prompts",
-        len(train), len(refusals_train), len(splits["validation"]), len(splits["heldout"]), len(splits["eval_prompts"]),
+        "cpu judge: %d training pairs (%d refusals, %d harmless requests answered), %d validation, %d held-out, "
+        "%d pairs of evaluation prompts",
+        len(train), len(refusals_train), len(answered_train), len(splits["validation"]), len(splits["heldout"]),
+        len(splits["eval_prompts"]),
     )  # fmt: skip
 
     model, tokenizer = _build_model()
@@ -506,23 +522,27 @@ def train_cpu_judge(
         "training": {
             "train_layers": train_layers, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
             "head_learning_rate": head_learning_rate, "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
-            "refusal_rows": refusal_rows, "seed": seed, "num_threads": num_threads, "train_pairs": len(train),
+            "refusal_rows": refusal_rows, "harmless_answer_rows": harmless_answer_rows, "seed": seed, "num_threads": num_threads, "train_pairs": len(train),
             "train_prompts": len({_key(r.instruction) for r in train}), "train_refusal_pairs": len(refusals_train),
+            "train_harmless_answer_pairs": len(answered_train),
             "validation_pairs": len(validation), "threshold": "best F1 on the validation pairs",
             "seconds": round(train_seconds, 1),
         },
         "data": {
-            "files_sha256": hashes | _hashes(refusals_train),
+            "files_sha256": hashes | _hashes(refusals_train + answered_train),
             "split": f"by prompt, seed {SPLIT_SEED}: {HOLDOUT_FRACTION:.0%} of prompts held out, "
             f"{VALIDATION_FRACTION:.0%} validation, the rest train; evaluation prompts (beavertails-eval) never "
-            "trained on; refusal requests that are validation or test prompts dropped",
+            "trained on; refusal and AlpacaEval requests that are validation or test prompts dropped",
         },
     }  # fmt: skip
     write_json(output_dir / INFO_FILE, info)
 
     metrics = judge_metrics(output_dir, {"validation": validation}, progress=progress)
     if measure_test:  # once per judge that ships: the sets it was neither trained nor tuned on
-        test_sets = {name: splits[name] for name in HELDOUT_SETS} | {"refusals_heldout": refusals_heldout}
+        test_sets = {name: splits[name] for name in HELDOUT_SETS} | {
+            "refusals_heldout": refusals_heldout,
+            "harmless_answers_heldout": answered_heldout,
+        }
         metrics |= judge_metrics(output_dir, test_sets, progress=progress)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["overlay_bytes"] = (output_dir / OVERLAY_FILE).stat().st_size
@@ -540,12 +560,13 @@ def judge_train_main(args: Any) -> int:
         data_dir=args.data_dir,
         train_layers=args.train_layers,
         epochs=args.epochs,
+        harmless_answer_rows=args.harmless_answer_rows,
         seed=args.seed,
         num_threads=args.threads,
         measure_test=not args.validation_only,
         progress=False,
     )
-    for name in ("validation", *HELDOUT_SETS, "refusals_heldout"):
+    for name in ("validation", *HELDOUT_SETS, "refusals_heldout", "harmless_answers_heldout"):
         for judge_name in ("cpu", "keyword") if name in metrics else ():
             m = metrics[name][judge_name]
             print(
