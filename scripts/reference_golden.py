@@ -15,7 +15,8 @@ writes `tests/fixtures/reference/<case>.json` (provenance, settings, token ids, 
 random draws) and `<case>.safetensors` (the LoRA tensors after k steps). No reference code is
 copied: the checkouts are imported from their paths at run time; only numbers are stored.
 
-The compatibility layer (ours; the references were written for transformers ~4.4x, we run 5.x):
+The compatibility layer (ours, in `safeft.bench.reference`, shared with `safeft bench --reference`;
+the references were written for transformers ~4.4x, we run 5.x):
 
 - `training_step` accepts Trainer's `num_items_in_batch` argument and drops it;
 - `use_apex` and `do_grad_scaling` are False (attributes Trainer 5 no longer defines);
@@ -40,14 +41,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import _reference_support as ground  # noqa: E402
+from safeft.bench import reference  # noqa: E402
+from safeft.bench.reference import git_commit, import_reference_trainer, neutralise_label_rounding  # noqa: E402
 
 # The checkouts the golden numbers come from: key -> (folder name, GitHub repository, commit).
 REFERENCES = {
@@ -123,68 +123,15 @@ REFERENCE_LINES = {
 }
 
 
-# ----- importing a reference unchanged -------------------------------------------------------------
-
-_CLASHING = ("trainer", "utils", "loss_func", "models", "loggers")  # top-level names every checkout reuses
-
-
-def _forget_reference_modules() -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in _CLASHING:
-            del sys.modules[name]
-
-
-def import_reference_trainer(checkout: Path) -> types.ModuleType:
-    """The checkout's `trainer` module, imported from its path (no file is copied or changed)."""
-    import transformers.file_utils
-
-    # Removed in transformers 5; the references import it (Vaccine, Lisa) but never need a TPU.
-    transformers.file_utils.is_torch_tpu_available = lambda *args, **kwargs: False
-    sys.dont_write_bytecode = True  # leave the checkouts untouched
-    _forget_reference_modules()
-    sys.path.insert(0, str(checkout))
-    try:
-        return importlib.import_module("trainer")
-    finally:
-        sys.path.remove(str(checkout))
-        _forget_reference_modules()  # the module keeps its own references to what it imported
-
-
-def neutralise_label_rounding(module_globals: dict[str, Any]) -> None:
-    """RepNoise's `masked_token_ce_loss` gets its mask as booleans instead of bfloat16 (see the module doc)."""
-    masked_token_ce_loss = module_globals["masked_token_ce_loss"]
-
-    def with_exact_labels(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_token_ce_loss(logits, labels, mask.bool())
-
-    module_globals["masked_token_ce_loss"] = with_exact_labels
+# ----- importing a reference unchanged: safeft.bench.reference (shared with `safeft bench --reference`)
 
 
 def compatible(trainer_cls: type) -> type:
-    """The reference trainer class, unchanged, under a subclass that bridges transformers 4 -> 5."""
-
-    class Compatible(trainer_cls):  # type: ignore[misc, valid-type]
-        use_apex = False
-        do_grad_scaling = False
-
-        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-            return super().training_step(model, inputs)
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            inputs = {k: v for k, v in inputs.items() if k != "activate_layers"}
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    Compatible.__name__ = trainer_cls.__name__
-    return ground.sequential(Compatible)
+    """The reference class under the compatibility layer, fed its training rows in dataset order."""
+    return ground.sequential(reference.compatible(trainer_cls))
 
 
 # ----- one case ------------------------------------------------------------------------------------
-
-
-def git_commit(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 @contextlib.contextmanager
@@ -227,7 +174,7 @@ def run_case(name: str, checkouts: dict[str, Path], out: Path, command: str) -> 
     else:
         module = import_reference_trainer(checkouts[ref_key])
         trainer_cls = compatible(getattr(module, class_name))
-        commit = git_commit(checkouts[ref_key])
+        commit = git_commit(checkouts[ref_key]) or "not a git checkout"
         expected = REFERENCES[ref_key][2]
         if not commit.startswith(expected):
             raise SystemExit(

@@ -98,6 +98,13 @@ class _GradsBeforeStep(TrainerCallback):
         self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
 
 
+def assert_gradients_match(model: Any, expected: dict[str, torch.Tensor]) -> None:
+    """Every trainable parameter's `.grad` equals the independently computed `expected[name]`."""
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4)
+
+
 def accumulation_matches_mean_of_micro_batch_gradients(method, config, tmp_path):
     """Trainer with 2 micro-batches of 4: the optimizer sees the mean of the two method gradients."""
     model = tiny()

@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from safeft.config import deep_merge
+from safeft.pipeline.demo_data import write_demo_data
 
 # What a run measures about the machine rather than computes: left out when two runs are compared.
 MACHINE_KEYS = {
@@ -73,6 +77,87 @@ def align_argv(data: dict[str, str], out: Path, method: str, *extra: str) -> lis
         str(out),
         *extra,
     ]
+
+
+def finetune_argv(data: dict[str, str], out: Path, *extra: str) -> list[str]:
+    """`safeft finetune` of the bare tiny model on the demo data's poisoned sst2 mix (`extra`: more flags)."""
+    return [
+        "finetune",
+        "--model",
+        "tiny-random-llama",
+        "--task-data",
+        data["sst2_train"],
+        "--harmful-data",
+        data["attack"],
+        "--eval-prompts",
+        data["eval_prompts"],
+        *extra,
+        "--output",
+        str(out),
+    ]
+
+
+def tiny_experiment(
+    data: dict[str, str], output: Path, changes: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An experiment file's content on the tiny model and the demo data: SFT and Booster aligned, attacked at
+    two poison ratios, evaluated with the keyword judge, two seeds, a few steps each; `changes` is merged
+    into it key by key (a nested mapping changes only the keys it names)."""
+    train = {"max_steps": 3, "batch_size": 4, "save_steps": 2, "progress": False}
+    experiment = {
+        "name": output.name,
+        "output": str(output),
+        "base": {
+            "align": {
+                "model": "tiny-random-llama",
+                "alignment_data": data["refusals"],
+                "alignment_samples": 16,
+                "harmful_data": data["harmful_pool"],
+                "harmful_samples": 8,
+                "max_length": 48,
+                "train": train,
+                "methods": {"booster": {"harmful_batch_size": 4}},
+            },
+            "finetune": {
+                "task_data": data["sst2_train"],
+                "harmful_data": data["attack"],
+                "eval_prompts": data["eval_prompts"],
+                "samples": 16,
+                "max_length": 48,
+                "train": {**train, "learning_rate": 1e-3},
+            },
+            "evaluate": {
+                "judge": "keyword",
+                "harmful_prompts": data["eval_prompts"],
+                "task_data": data["sst2_eval"],
+                "limit": 4,
+                "task_limit": 4,
+                "max_new_tokens": 4,
+                "task_max_new_tokens": 2,
+                "batch_size": 4,
+            },
+        },
+        "grid": {
+            "methods": ["sft", "booster"],
+            "poison_ratios": [0.05, 0.1],
+            "tasks": ["sst2"],
+            "seeds": [1, 2],
+        },
+    }
+    return deep_merge(experiment, changes or {})
+
+
+# The smallest grid: SFT aligned once, attacked once (with its unattacked evaluation unless switched off).
+ONE_ATTACK = {"methods": ["sft"], "seeds": [1], "poison_ratios": [0.1], "include_no_defense": False}
+
+
+def experiment_dict(tmp_path: Path, **grid: Any) -> dict[str, Any]:
+    """`tiny_experiment` named "tiny" with its demo files written under `tmp_path` and runs in `tmp_path/runs`;
+    `grid` changes the grid's keys."""
+    data = write_demo_data(
+        tmp_path / "data", n_refusals=24, n_pool=16, n_attack=24, n_eval=8, n_task=32, n_task_eval=8
+    )
+    return tiny_experiment(data, tmp_path / "runs", {"name": "tiny", "grid": grid})
 
 
 def file_hashes(run: Path, names: tuple[str, ...] = ("adapter", "model")) -> dict[str, str]:

@@ -8,59 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _stage_support import ONE_ATTACK, experiment_dict
 from safeft.errors import ConfigError
 from safeft.pipeline import experiment as ex
-from safeft.pipeline.demo_data import write_demo_data
 from safeft.stages.runs import config_fingerprint
-
-
-def experiment_dict(tmp_path: Path, **grid) -> dict:
-    """A complete experiment on the tiny random model, with small demo files written by the test."""
-    data = write_demo_data(
-        tmp_path / "data", n_refusals=24, n_pool=16, n_attack=24, n_eval=8, n_task=32, n_task_eval=8
-    )
-    train = {"max_steps": 3, "batch_size": 4, "save_steps": 2, "progress": False}
-    return {
-        "name": "tiny",
-        "output": str(tmp_path / "runs"),
-        "base": {
-            "align": {
-                "model": "tiny-random-llama",
-                "alignment_data": data["refusals"],
-                "alignment_samples": 16,
-                "harmful_data": data["harmful_pool"],
-                "harmful_samples": 8,
-                "max_length": 48,
-                "train": train,
-                "methods": {"booster": {"harmful_batch_size": 4}},
-            },
-            "finetune": {
-                "task_data": data["sst2_train"],
-                "harmful_data": data["attack"],
-                "eval_prompts": data["eval_prompts"],
-                "samples": 16,
-                "max_length": 48,
-                "train": {**train, "learning_rate": 1e-3},
-            },
-            "evaluate": {
-                "judge": "keyword",
-                "harmful_prompts": data["eval_prompts"],
-                "task_data": data["sst2_eval"],
-                "limit": 4,
-                "task_limit": 4,
-                "max_new_tokens": 4,
-                "task_max_new_tokens": 2,
-                "batch_size": 4,
-            },
-        },
-        "grid": {
-            "methods": ["sft", "booster"],
-            "poison_ratios": [0.05, 0.1],
-            "tasks": ["sst2"],
-            "seeds": [1, 2],
-            **grid,
-        },
-    }
 
 
 def build(tmp_path: Path, **grid) -> list[ex.Stage]:
@@ -131,10 +82,7 @@ def test_changing_the_attack_keeps_the_alignments_and_renames_the_attacks(tmp_pa
 def test_attack_sweep_axes_multiply_the_attacks(tmp_path):
     stages = build(
         tmp_path,
-        methods=["sft"],
-        seeds=[1],
-        poison_ratios=[0.1],
-        include_no_defense=False,
+        **ONE_ATTACK,
         attack={"learning_rate": [1e-4, 1e-3], "samples": [8, 16]},
     )
     attacks = by_kind(stages, "finetune")
@@ -220,13 +168,7 @@ def test_plan_marks_done_stages_cached_so_an_unchanged_rerun_runs_nothing(tmp_pa
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            experiment_dict(
-                tmp_path, methods=["sft"], seeds=[1], poison_ratios=[0.1], include_no_defense=False
-            )
-        )
-    )
+    path.write_text(yaml.safe_dump(experiment_dict(tmp_path, **ONE_ATTACK)))
     assert ex.run_experiment(path, dry_run=True) == 0
     out = capsys.readouterr().out
     assert "experiment tiny: 4 stages, 0 cached, 4 to run" in out
@@ -323,10 +265,7 @@ def test_repairs_axis_is_checked(tmp_path):
 def test_tiny_experiment_with_repairs_runs_and_reports_each_repair_as_a_row(tmp_path):
     data = experiment_dict(
         tmp_path,
-        methods=["sft"],
-        seeds=[1],
-        poison_ratios=[0.1],
-        include_no_defense=False,
+        **ONE_ATTACK,
         include_unattacked=False,
         repairs=["none", "antidote", "safelora"],
     )

@@ -179,3 +179,15 @@ def test_a_local_folder_replaces_the_hub_id(tmp_path):
     assert len(judge.score([Q], [A])) == 1
     with pytest.raises(Exception, match="could not load the llama-guard judge"):
         get_judge("llama-guard", model_name_or_path=str(tmp_path / "missing")).score([Q], [A])
+
+
+def test_a_folder_with_pickled_weights_only_is_refused(tmp_path):
+    """Judges read safetensors only: a .bin checkpoint is never unpickled."""
+    tok = _tokenizer()
+    model = _tiny("llama", tok)
+    model.config.save_pretrained(tmp_path / "guard")  # transformers itself now writes safetensors only
+    torch.save(model.state_dict(), tmp_path / "guard" / "pytorch_model.bin")
+    tok.save_pretrained(tmp_path / "guard")
+    judge = get_judge("llama-guard", model_name_or_path=str(tmp_path / "guard"), device="cpu")
+    with pytest.raises(Exception, match="safetensors weights only"):
+        judge.score([Q], [A])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _stage_support import align_argv
+from _stage_support import align_argv, finetune_argv
 from safeft.cli import main
 from safeft.pipeline.demo_data import write_demo_data
 
@@ -74,31 +74,12 @@ def test_alignment_rows_that_are_evaluation_prompts(data, tmp_path, capsys):
 
 def test_a_task_evaluated_on_its_training_rows(data, tmp_path, capsys):
     attack = tmp_path / "attack"
-    argv = [
-        "finetune",
-        "--model",
-        "tiny-random-llama",
-        "--task-data",
-        data["sst2_train"],
-        "--harmful-data",
-        data["attack"],
-        "--eval-prompts",
-        data["eval_prompts"],
-        "--samples",
-        "10",
-        "--poison-ratio",
-        "0.2",
-        "--max-length",
-        "32",
-        "--train.max-steps",
-        "1",
-        "--train.batch-size",
-        "4",
-        "--train.progress",
-        "false",
-        "--output",
-        str(attack),
-    ]
+    argv = finetune_argv(
+        data,
+        attack,
+        *("--samples", "10", "--poison-ratio", "0.2", "--max-length", "32"),
+        *("--train.max-steps", "1", "--train.batch-size", "4", "--train.progress", "false"),
+    )
     assert main(argv) == 0
     task = ["--task", "sst2", "--task-limit", "40"]
     held_out = tmp_path / "held-out"

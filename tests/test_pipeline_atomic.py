@@ -30,12 +30,12 @@ def test_interrupted_plot_keeps_the_old_png(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from safeft.pipeline.report import _save_figure
+    from safeft.pipeline.report.plots import save_figure
 
     path = tmp_path / "plot.png"
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-    _save_figure(fig, path)
+    save_figure(fig, path)
     before = path.read_bytes()
 
     class Broken:
@@ -44,7 +44,7 @@ def test_interrupted_plot_keeps_the_old_png(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _save_figure(Broken(), path)
+        save_figure(Broken(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
     plt.close(fig)

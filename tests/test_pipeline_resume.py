@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from _stage_support import command, env, tiny_experiment
 from safeft.pipeline.demo_data import write_demo_data
 from safeft.pipeline.report import metric
 
@@ -19,61 +18,34 @@ pytestmark = pytest.mark.slow  # three subprocess runs of a tiny experiment: ~1 
 
 
 def _experiment(root: Path, data: dict[str, str], output: Path) -> Path:
-    train = {"batch_size": 4, "save_steps": 4, "progress": False, "logging_steps": 1}
-    exp = {
-        "name": output.name,
-        "output": str(output),
-        "base": {
-            "align": {
-                "model": "tiny-random-llama",
-                "alignment_data": data["refusals"],
-                "alignment_samples": 32,
-                "max_length": 48,
-                "train": {**train, "max_steps": 40, "learning_rate": 1e-3},
+    """SFT aligned for 40 steps and attacked for 24, a checkpoint every 4: room to interrupt each."""
+    train = {"batch_size": 4, "save_steps": 4, "progress": False, "logging_steps": 1, "learning_rate": 1e-3}
+    exp = tiny_experiment(
+        data,
+        output,
+        {
+            "base": {
+                "align": {"alignment_samples": 32, "train": {**train, "max_steps": 40}},
+                "finetune": {"samples": 32, "train": {**train, "max_steps": 24}},
+                "evaluate": {"limit": 6, "task_limit": 6, "max_new_tokens": 6, "batch_size": 6},
             },
-            "finetune": {
-                "task_data": data["sst2_train"],
-                "harmful_data": data["attack"],
-                "eval_prompts": data["eval_prompts"],
-                "samples": 32,
-                "max_length": 48,
-                "train": {**train, "max_steps": 24, "learning_rate": 1e-3},
-            },
-            "evaluate": {
-                "judge": "keyword",
-                "harmful_prompts": data["eval_prompts"],
-                "task_data": data["sst2_eval"],
-                "limit": 6,
-                "task_limit": 6,
-                "max_new_tokens": 6,
-                "task_max_new_tokens": 2,
-                "batch_size": 6,
+            "grid": {
+                "methods": ["sft"],
+                "poison_ratios": [0.25],
+                "seeds": [3],
+                "include_no_defense": False,
+                "include_unattacked": False,
             },
         },
-        "grid": {
-            "methods": ["sft"],
-            "poison_ratios": [0.25],
-            "tasks": ["sst2"],
-            "seeds": [3],
-            "include_no_defense": False,
-            "include_unattacked": False,
-        },
-    }
+    )
     path = root / f"{output.name}.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path
 
 
-def _command(path: Path) -> list[str]:
-    return [sys.executable, "-m", "safeft.cli", "run", str(path)]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def _stage_dir(runs: Path, kind: str) -> Path:
-    (path,) = (runs / kind).iterdir()
+    # the folder of the one stage of `kind` (a killed run leaves its lock file `.NAME.lock` beside it)
+    (path,) = (p for p in (runs / kind).iterdir() if p.is_dir())
     return path
 
 
@@ -97,7 +69,11 @@ def setup(tmp_path_factory):
     )
     reference = root / "reference"
     subprocess.run(
-        _command(_experiment(root, data, reference)), check=True, env=_env(), capture_output=True, timeout=600
+        command("run", str(_experiment(root, data, reference))),
+        check=True,
+        env=env(),
+        capture_output=True,
+        timeout=600,
     )
     return root, data, reference
 
@@ -107,7 +83,9 @@ def test_killed_run_resumes_to_the_same_result(setup, kill_in):
     root, data, reference = setup
     runs = root / f"killed-in-{kill_in}"
     exp = _experiment(root, data, runs)
-    proc = subprocess.Popen(_command(exp), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command("run", str(exp)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -122,7 +100,7 @@ def test_killed_run_resumes_to_the_same_result(setup, kill_in):
     assert manifest["status"] == "running", "the run finished before it could be killed; raise max_steps"
     assert not (runs / "evaluate").exists() or not list((runs / "evaluate").glob("*/metrics.json"))
 
-    rerun = subprocess.run(_command(exp), env=_env(), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command("run", str(exp)), env=env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stderr
     if kill_in == "finetune":

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from _stage_support import align_argv, file_hashes, metrics, safeft
+from _stage_support import align_argv, file_hashes, metrics, safeft, tiny_experiment
 from safeft.pipeline.demo_data import write_demo_data
 
 
@@ -37,50 +37,25 @@ def test_the_same_alignment_twice_in_fresh_processes_is_byte_identical(data, tmp
 
 
 def _grid(data: dict[str, str], output) -> dict:
+    """One SFT and one Booster alignment, each attacked once and evaluated (with over-refusal prompts)."""
     train = {"batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "progress": False}
-    return {
-        "name": output.name,
-        "output": str(output),
-        "base": {
-            "align": {
-                "model": "tiny-random-llama",
-                "alignment_data": data["refusals"],
-                "alignment_samples": 16,
-                "harmful_data": data["harmful_pool"],
-                "harmful_samples": 8,
-                "max_length": 32,
-                "train": train,
+    return tiny_experiment(
+        data,
+        output,
+        {
+            "base": {
+                "align": {"max_length": 32, "train": train},
+                "finetune": {"max_length": 32, "train": train},
+                "evaluate": {"harmless_prompts": data["harmless"], "harmless_limit": 2},
             },
-            "finetune": {
-                "task_data": data["sst2_train"],
-                "harmful_data": data["attack"],
-                "eval_prompts": data["eval_prompts"],
-                "samples": 16,
-                "max_length": 32,
-                "train": train,
-            },
-            "evaluate": {
-                "judge": "keyword",
-                "harmful_prompts": data["eval_prompts"],
-                "harmless_prompts": data["harmless"],
-                "harmless_limit": 2,
-                "task_data": data["sst2_eval"],
-                "limit": 4,
-                "task_limit": 4,
-                "max_new_tokens": 4,
-                "task_max_new_tokens": 2,
-                "batch_size": 4,
+            "grid": {
+                "poison_ratios": [0.25],
+                "seeds": [5],
+                "include_no_defense": False,
+                "include_unattacked": False,
             },
         },
-        "grid": {
-            "methods": ["sft", "booster"],
-            "poison_ratios": [0.25],
-            "tasks": ["sst2"],
-            "seeds": [5],
-            "include_no_defense": False,
-            "include_unattacked": False,
-        },
-    }
+    )
 
 
 def _all_results(runs) -> dict[str, object]:

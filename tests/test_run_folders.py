@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _stage_support import align_argv, command, env
+from _stage_support import align_argv, command, env, finetune_argv
 from safeft.cli import main
 from safeft.pipeline.demo_data import write_demo_data
 from safeft.stages.runs import lock_path
@@ -90,21 +90,7 @@ def test_the_same_command_reuses_a_finished_run(data, finished, capsys):
 
 
 def test_a_run_of_another_stage_is_refused(data, finished, tmp_path, capsys):
-    argv = [
-        "finetune",
-        "--model",
-        "tiny-random-llama",
-        "--task-data",
-        data["sst2_train"],
-        "--harmful-data",
-        data["attack"],
-        "--eval-prompts",
-        data["eval_prompts"],
-        "--samples",
-        "8",
-        "--output",
-        str(finished),
-    ]
+    argv = finetune_argv(data, finished, "--samples", "8")
     before = _snapshot(finished)
     err = _refused(argv, capsys)
     assert "holds a safeft align run (finished), not a finetune run" in err

@@ -134,7 +134,7 @@ def test_slurm_gets_every_stage_at_once_with_its_parents_as_afterok_and_the_file
     tmp_path, monkeypatch
 ):
     """Real submitit with `sbatch`/`srun` stand-ins on PATH: the sbatch scripts it writes are checked."""
-    from test_experiment import experiment_dict
+    from _stage_support import experiment_dict
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -177,9 +177,9 @@ def test_slurm_gets_every_stage_at_once_with_its_parents_as_afterok_and_the_file
 
 
 def test_launcher_section_is_validated_like_the_rest_of_the_file(tmp_path):
+    from _stage_support import experiment_dict
     from safeft.errors import ConfigError
     from safeft.pipeline.experiment import ExperimentConfig
-    from test_experiment import experiment_dict
 
     with pytest.raises(ConfigError) as e:
         ExperimentConfig.from_dict(

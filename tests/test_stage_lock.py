@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
+from _stage_support import ONE_ATTACK, env, experiment_dict
 from safeft.stages import runs
 from safeft.stages.runs import lock_path
-from test_experiment import experiment_dict
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Holds a run folder's lock with a 2-second lease, then sleeps (its heartbeat renews the lease).
 HOLD_LOCK = """
 import sys, time
@@ -29,17 +26,13 @@ with runs.run_lock(sys.argv[1]):
 """
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def test_a_holder_that_stops_renewing_its_lease_is_stale_after_the_lease(tmp_path, monkeypatch):
     """The rule for a holder on another node that died: its lease runs out. Simulated on this host
     by freezing the holder (SIGSTOP): its process exists, but it renews nothing."""
     monkeypatch.setattr(runs, "LEASE_SECONDS", 2.0)  # every peer must agree on the lease
     run_dir = tmp_path / "runs" / "align" / "sft-s1-abcd"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, env=child_env(), text=True
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, env=env(), text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -63,21 +56,12 @@ def test_a_holder_that_stops_renewing_its_lease_is_stale_after_the_lease(tmp_pat
 
 
 def test_two_processes_on_one_runs_folder_run_every_stage_exactly_once(tmp_path):
-    exp = experiment_dict(
-        tmp_path,
-        methods=["sft"],
-        seeds=[1],
-        poison_ratios=[0.1],
-        include_no_defense=False,
-        include_unattacked=False,
-    )
+    exp = experiment_dict(tmp_path, **ONE_ATTACK, include_unattacked=False)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     command = [sys.executable, "-m", "safeft.cli", "run", str(path)]
     processes = [
-        subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(), text=True
-        )
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True)
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=900)[0] for p in processes]

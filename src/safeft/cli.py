@@ -165,8 +165,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of
-    from safeft.pipeline.report import markdown_table, paired_count_cells
+    from safeft.pipeline.paired import SAMPLES_FILE, compare, judges_of, paired_count_cells
+    from safeft.tables import markdown_table
 
     reference = Path(args.reference)
     rows = []
@@ -242,6 +242,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         methods=tuple(args.methods.split(",")) if args.methods else None,
         threads=args.threads,
         compare_full_logits=tuple(args.compare_full_logits.split(",")) if args.compare_full_logits else None,
+        reference=tuple(p for p in args.reference.split(",") if p) if args.reference else None,
+        variants=tuple(v for v in args.compare.split(",") if v) if args.compare else None,
     )
 
 
@@ -559,6 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHODS",
         help="comma-separated methods to step a second time with the loss from the full logits "
         "(before/after of the deferred output layer, in the same rounds)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="PATH[,PATH]",
+        help="local checkouts of the papers' repositories (e.g. git-disl/Booster, Lslland/T-Vaccine): step their "
+        "trainers side by side with safeft's for the same methods (only that is run) and write that section of "
+        "--output plus <output>.reference.json",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="VARIANT[,VARIANT]",
+        help="with --reference: also step each method these ways in the same rounds: full-logits, deferred "
+        "(the loss's output layer forced), adamw-foreach, adamw-forloop (instead of the fused AdamW)",
     )
     p.set_defaults(func=cmd_bench)
     return parser

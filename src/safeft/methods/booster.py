@@ -65,7 +65,10 @@ class BoosterTrainer(AlignmentTrainer):
             # 1. g_h = grad L_h(w) on the harmful batch.
             loss_h = self.lm_loss(model, harmful)[0]  # [0]: drop the outputs (logits) before backward
             self.backward(loss_h)
-            g_h = self.copy_into("g_h", self.grads(params))
+            # g_h is the gradient tensors themselves, taken out of .grad rather than copied: the
+            # next backward allocates fresh ones (no copy per step, no buffer kept between steps).
+            g_h = self.grads(params)
+            self.zero_grads()
             # ||g_h|| is the norm of the global harmful gradient: DDP all-reduced it, except on a
             # micro-batch before the last of an accumulation (no_sync), where it is averaged here.
             self.average_unsynchronised(g_h)
@@ -77,7 +80,6 @@ class BoosterTrainer(AlignmentTrainer):
                 torch._foreach_add_(params, g_h, alpha=-alpha / (g_h_norm.item() + EPS))
 
             # 3. g_h' = grad L_h(w') on the same harmful batch; then restore w exactly.
-            self.zero_grads()
             try:
                 loss_h_after = self.lm_loss(model, harmful)[0]
                 self.backward(loss_h_after)

@@ -12,6 +12,15 @@ Two ways to compute the same number:
   size of the full logits ever exists, the prompt positions cost no output-layer work at all, and
   the price is one more output-layer forward per response token in backward.
 
+Which of the two runs is a trade of time for memory, chosen per run (`choose_loss_path`): the
+user's `output_layer` setting, or by default (`auto`) the rule below, measured on SmolLM2 (49,152 x
+576 output layer, docs/benchmarks.md): per response token the deferred path runs the output layer
+three times (forward, recomputed forward, input gradient), the full logits twice per position
+(forward, input gradient), so the deferred path does less work when response tokens are fewer
+than 2/3 of the positions, and more otherwise. `auto` takes the path with less work, unless the
+full logits would exceed `memory_budget_mib`: then the deferred one, whose logits never exceed a
+chunk.
+
 The deferred loss is used only where it provably gives the model's own loss: once per trainer,
 `deferrable_output_layer` checks that the model's logits are exactly its output layer applied to the
 final hidden states (architectures that post-process logits, e.g. Gemma 2's soft-capping, fail
@@ -24,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -59,16 +69,23 @@ def _chunk_cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: tor
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def response_cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the cross-entropy over the labelled positions, through `head`, chunk by chunk.
+def default_chunk_tokens(head: nn.Module) -> int:
+    """Response tokens per chunk of the deferred loss: CHUNK_BYTES of fp32 logits."""
+    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else 50_000
+    return max(16, CHUNK_BYTES // (4 * vocabulary))
+
+
+def response_cross_entropy_sum(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 0
+) -> torch.Tensor:
+    """Sum of the cross-entropy over the labelled positions, through `head`, `chunk_tokens` at a time.
 
     Each chunk's logits are recomputed in backward (checkpointing) instead of being kept.
     """
     targets = shifted_targets(labels.to(hidden.device))
     keep = targets.ne(-100)
     rows, wanted = hidden[keep], targets[keep]  # (response tokens, hidden size), (response tokens,)
-    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else 50_000
-    chunk = max(16, CHUNK_BYTES // (4 * vocabulary))
+    chunk = chunk_tokens or default_chunk_tokens(head)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, wanted.numel(), chunk):
         part = slice(start, start + chunk)
@@ -129,3 +146,89 @@ def deferrable_output_layer(model: nn.Module) -> nn.Module | None:
             type(inner).__name__,
         )
     return head if ok else None
+
+
+# ----- which path a run takes -----------------------------------------------------------------------
+
+OUTPUT_LAYER_PATHS = ("auto", "deferred", "full")
+# Output-layer passes per position: full logits 2 (forward, input gradient) per position, the deferred
+# path 3 (forward, recomputed forward, input gradient) per response token (measured: docs/benchmarks.md).
+FULL_PASSES, DEFERRED_PASSES = 2, 3
+FULL_LOGIT_BYTES = 8  # per logit: the fp32 logits and the gradient (log-probabilities) cross-entropy keeps
+
+
+@dataclass(frozen=True)
+class LossPath:
+    """How the loss's output layer runs: the user's setting (`auto` lets `choose_loss_path` decide)."""
+
+    output_layer: str = "auto"  # "auto", "deferred" or "full"
+    memory_budget_mib: float | None = None  # auto: the full logits of a batch may take at most this
+    chunk_tokens: int = 0  # deferred: response tokens per chunk (0: 32 MiB of fp32 logits)
+
+
+@dataclass(frozen=True)
+class LossPathChoice:
+    """What was taken, and why (logged, and written to the run's manifest and metrics)."""
+
+    taken: str  # "deferred" or "full"
+    requested: str
+    chunk_tokens: int | None  # deferred only
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def response_fraction(rows: Iterable[Mapping[str, Any]]) -> tuple[float, int]:
+    """(share of positions whose next token is trained on, longest row) over encoded rows."""
+    positions = responses = longest = 0
+    for row in rows:
+        labels = row["labels"]
+        positions += len(labels)
+        responses += sum(1 for label in labels[1:] if label != -100)  # the next-token shift
+        longest = max(longest, len(labels))
+    return (responses / positions if positions else 0.0), longest
+
+
+def choose_loss_path(
+    setting: LossPath,
+    head: nn.Module | None,
+    rows: Iterable[Mapping[str, Any]] | None,
+    batch_size: int,
+) -> LossPathChoice:
+    """The path of this run's loss: `setting.output_layer`, or under `auto` the rule of the module doc.
+
+    `head` is the deferrable output layer (None: the model's logits must be used); `rows` the
+    training rows (their response share decides), `batch_size` the rows per micro-batch (the
+    memory estimate).
+    """
+    requested = setting.output_layer
+    if head is None:
+        why = "the model's logits are not its output layer applied to the final hidden states, or the output layer trains"
+        return LossPathChoice("full", requested, None, why if requested != "full" else "requested")
+    chunk = setting.chunk_tokens or default_chunk_tokens(head)
+    if requested in ("deferred", "full"):
+        return LossPathChoice(requested, requested, chunk if requested == "deferred" else None, "requested")
+    if rows is None:  # e.g. a streamed dataset: keep the path that never needs more than a chunk
+        return LossPathChoice("deferred", requested, chunk, "the training rows' response share is unknown")
+    share, longest = response_fraction(rows)
+    vocabulary = head.weight.shape[0] if hasattr(head, "weight") else 50_000
+    full_mib = batch_size * longest * vocabulary * FULL_LOGIT_BYTES / 2**20
+    work = (
+        f"response tokens are {share:.0%} of the positions, so the deferred output layer runs "
+        f"{DEFERRED_PASSES * share / FULL_PASSES:.2f}x the rows of the full logits"
+    )
+    if DEFERRED_PASSES * share <= FULL_PASSES:
+        return LossPathChoice("deferred", requested, chunk, f"less work and less memory: {work}")
+    budget = setting.memory_budget_mib
+    if budget is not None and full_mib > budget:
+        return LossPathChoice(
+            "deferred",
+            requested,
+            chunk,
+            f"the full logits of a batch (~{full_mib:,.0f} MiB) exceed memory_budget_mib {budget:,.0f}; {work}",
+        )
+    limit = f"within memory_budget_mib {budget:,.0f}" if budget is not None else "no memory_budget_mib set"
+    return LossPathChoice(
+        "full", requested, None, f"faster: {work}; full logits ~{full_mib:,.0f} MiB, {limit}"
+    )

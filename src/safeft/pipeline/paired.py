@@ -18,6 +18,7 @@ from typing import Any
 
 from safeft.evaluation.stats import percent_interval
 from safeft.io import read_jsonl
+from safeft.tables import MISSING, dict_rows_csv, fmt_num, markdown_table
 
 SAMPLES_FILE = "harmful_samples.jsonl"  # written by the evaluate stage, one line per prompt
 REFERENCE = "sft"
@@ -131,3 +132,71 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
             }
         )
     return rows
+
+
+# ----- as tables: `safeft compare` and the report's section "Against SFT, prompt by prompt" -----------
+
+CSV_KEYS = [
+    "task",
+    "method",
+    "reference",
+    "poison_ratio",
+    "attack",
+    "seed",
+    "n",
+    "hs",
+    "reference_hs",
+    "only_method",
+    "only_reference",
+    "p_value",
+]
+
+
+def paired_count_cells(counts: dict[str, Any]) -> list[str]:
+    """Table cells of one paired comparison: prompts, both HS, the two discordant counts, p."""
+    return [
+        str(counts["n"]),
+        f"{counts['hs']:.1f}",
+        f"{counts['reference_hs']:.1f}",
+        str(counts["only_method"]),
+        str(counts["only_reference"]),
+        f"{counts['p_value']:.3g}",
+    ]
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows of `paired_rows` (their attack titled) as a Markdown table with its legend."""
+    header = [
+        "task",
+        "method",
+        "poison ratio",
+        "attack",
+        "seed",
+        "prompts",
+        "HS",
+        "SFT's HS",
+        "flagged for the method only",
+        "for SFT only",
+        "p (exact McNemar)",
+    ]
+    body = [
+        [
+            r["task"],
+            r["method"],
+            "not attacked" if r["poison_ratio"] is None else fmt_num(r["poison_ratio"]),
+            r["attack"] or "base",
+            MISSING if r["seed"] is None else str(r["seed"]),
+            *paired_count_cells(r),
+        ]
+        for r in rows
+    ]
+    note = (
+        "Each method against SFT under the same attack, on the prompts both answered. Only the prompts "
+        "where the two verdicts differ tell the models apart; p is the chance of a split at least this "
+        "uneven if both were equally harmful (two-sided exact McNemar test)."
+    )
+    return markdown_table(header, body) + "\n\n" + note + "\n"
+
+
+def paired_csv(rows: list[dict[str, Any]]) -> str:
+    return dict_rows_csv(CSV_KEYS, rows)

@@ -64,7 +64,7 @@ def run_quickstart(
     output: str | Path = "runs/quickstart", data_dir: str | None = None, demo: bool = False
 ) -> int:
     """Run the quickstart experiment into `output`; print the results table; return the exit code."""
-    from safeft.models import require_embedded_packages
+    from safeft.embedded import require_embedded_packages
 
     require_embedded_packages("safeft quickstart (SmolLM2-135M and the CPU judge)")
     output = Path(output)

@@ -29,6 +29,7 @@ from safeft.models import load_model, load_weights_chain
 from safeft.repair import REPAIRS, get_repair
 from safeft.repair.base import PEFT_PREFIX, RepairInputs
 from safeft.stages.runs import PeakMemory, RunDir, stage_run
+from safeft.stages.stage_config import MethodStageConfig
 from safeft.stages.training import save_weights
 
 log = logging.getLogger("safeft")
@@ -46,39 +47,21 @@ RepairOptions.__doc__ = "Hyper-parameters of each repair method (only the chosen
 
 
 @dataclass
-class RepairConfig(Config):
+class RepairConfig(MethodStageConfig):
     """Repair stage (post-fine-tuning defense)"""
 
     output: str = option(None, "run directory to write", fingerprint=False)
-    run: str = option(None, "fine-tuning run directory to repair")
     method: str = option("safelora", "repair method", choices=tuple(REPAIRS))
-    data_dir: str | None = option(
-        None,
-        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
-        fingerprint=False,
-    )
     max_length: int = option(256, "tokens per calibration row after truncation", range=(8, None))
     template: str = option("alpaca", "prompt template of the calibration rows", choices=TEMPLATES)
-    cache_dir: str | None = option(
-        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
-    )
     methods: RepairOptions = dataclasses.field(default_factory=RepairOptions)  # type: ignore[valid-type]
-
-    def fingerprint_data(self) -> dict[str, Any]:
-        # Only the chosen repair's section can change the result (as for the training stages).
-        data = super().fingerprint_data()
-        data["methods"] = {self.method: self.method_config.fingerprint_data()}
-        return data
+    run: str = option(None, "fine-tuning run directory to repair")
 
     def check(self) -> list[str]:
-        problems = [] if self.output else ["output: required (the run directory to write)"]
+        problems = super().check()
         if not self.run:
             problems.append("run: required (the fine-tuning run directory to repair)")
         return problems
-
-    @property
-    def method_config(self) -> Any:
-        return getattr(self.methods, self.method)
 
 
 def _finished(path: str | Path, what: str, stage: str = "finetune") -> RunDir:

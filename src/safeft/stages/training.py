@@ -16,14 +16,15 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from safeft.config import Config, option
-from safeft.data.templates import TEMPLATES
 from safeft.data.tokenize import PaddingCollator, encode
 from safeft.errors import SafeftError
 from safeft.hardware import use_bf16
 from safeft.io import write_json
 from safeft.methods import METHODS, get_method
+from safeft.methods.loss import OUTPUT_LAYER_PATHS, LossPath
 from safeft.models import LoraSettings
 from safeft.stages.runs import PeakMemory, RunDir
+from safeft.stages.stage_config import MethodStageConfig
 
 log = logging.getLogger("safeft")
 
@@ -48,6 +49,28 @@ class TrainSettings(Config):
         "instead, with a warning (safeft.hardware)",
     )
     seed: int = option(42, "seed of initialisation, shuffling and sampling", range=(0, None))
+    # The loss's time/memory trade (safeft.methods.loss). The defaults leave the fingerprint as it
+    # was before these settings existed: the two paths compute the same loss.
+    output_layer: str = option(
+        "auto",
+        "the loss's output layer: 'full' logits (fastest when most positions are response tokens), 'deferred' "
+        "to the response tokens and recomputed in backward (least memory), or 'auto': the one with less "
+        "output-layer work unless the full logits exceed memory_budget_mib (the choice is logged and in manifest.json)",
+        choices=OUTPUT_LAYER_PATHS,
+        fingerprint=lambda value: value != "auto",
+    )
+    memory_budget_mib: float | None = option(
+        None,
+        "auto: the most MiB the full logits of one micro-batch may take (none: no limit, the faster path)",
+        range=(0, None),
+        fingerprint=lambda value: value is not None,
+    )
+    loss_chunk_tokens: int = option(
+        0,
+        "deferred output layer: response tokens per chunk (0: 32 MiB of fp32 logits, 170 for SmolLM2)",
+        range=(0, None),
+        fingerprint=lambda value: value != 0,
+    )
     logging_steps: int = option(
         1, "log loss and method metrics every N steps", range=(1, None), fingerprint=False
     )
@@ -55,6 +78,10 @@ class TrainSettings(Config):
         50, "write a resumable checkpoint every N steps", range=(1, None), fingerprint=False
     )
     progress: bool = option(True, "show a progress bar with ETA", fingerprint=False)
+
+    @property
+    def loss_path(self) -> LossPath:
+        return LossPath(self.output_layer, self.memory_budget_mib, self.loss_chunk_tokens)
 
     def check(self) -> list[str]:
         problems = []
@@ -78,41 +105,13 @@ MethodOptions.__doc__ = "Hyper-parameters of each method (only the chosen method
 
 
 @dataclass
-class TrainingStageConfig(Config):
+class TrainingStageConfig(MethodStageConfig):
     """What the align and finetune stage configs share (each subclass sets `method`'s choices and `train`'s defaults)"""
 
-    output: str = option(
-        None, "run directory to write (created; an unfinished run there is resumed)", fingerprint=False
-    )
     method: str = option("sft", "training method")
-    data_dir: str | None = option(
-        None,
-        "folder with the local data files (default: $SAFEFT_DATA_DIR, then the Hub)",
-        fingerprint=False,
-    )
-    max_length: int = option(256, "tokens per row after truncation", range=(8, None))
-    template: str = option("alpaca", "prompt template", choices=TEMPLATES)
-    cache_dir: str | None = option(
-        None, "model cache (default: $SAFEFT_CACHE or ~/.cache/safeft)", fingerprint=False
-    )
+    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
-    methods: MethodOptions = dataclasses.field(default_factory=MethodOptions)  # type: ignore[valid-type]
-
-    @property
-    def method_config(self) -> Any:
-        """The chosen method's own section of `methods`."""
-        return getattr(self.methods, self.method.replace("-", "_"))
-
-    def fingerprint_data(self) -> dict[str, Any]:
-        # Only the chosen method's section can change the result: registering a method or changing
-        # another method's defaults must not rename (and so orphan) every cached run.
-        data = super().fingerprint_data()
-        data["methods"] = {self.method: self.method_config.fingerprint_data()}
-        return data
-
-    def check(self) -> list[str]:
-        return [] if self.output else ["output: required (the run directory to write)"]
 
 
 def encode_rows(records: list, tokenizer: Any, max_length: int, template: str) -> list[dict[str, list[int]]]:
@@ -295,6 +294,7 @@ def train_and_save(
         harmful_dataset=harmful_rows,
         alignment_dataset=alignment_rows,
         callbacks=[history],
+        loss_path=cfg.train.loss_path,
     )
     with PeakMemory() as mem:
         stats = train_resumably(trainer, run, history)
@@ -306,11 +306,13 @@ def train_and_save(
             **metrics,
             **stats,
             **mem.as_dict(),
+            "loss_path": trainer.loss_path.as_dict(),
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
         write_json(run.path / "metrics.json", metrics)
         run.write_manifest(
             status="done",
+            loss_path=trainer.loss_path.as_dict(),
             weights=[*weights_before, {"kind": weights, "path": str(run.final(weights))}],
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
