@@ -1,13 +1,16 @@
 """The CPU judge: MiniLM-L6 (all-MiniLM-L6-v2) with its top layers fine-tuned to classify QA pairs as harmful.
 
-Model: the question and the answer go in as a BERT sentence pair (truncated to 256 tokens together),
-the encoder's last hidden states are mean-pooled over real tokens (as sentence-transformers does)
-and a linear head gives one logit; P(harmful) = sigmoid(logit).
+Model: the question and the answer go in as a BERT sentence pair (truncated to `max_length` tokens
+together, 128 in the shipped judge), the encoder's last hidden states are mean-pooled over real tokens
+(as sentence-transformers does) and a linear head gives one logit; P(harmful) = sigmoid(logit);
+flagged above the threshold in `judge.json`.
 
 Training data: the labelled QA pairs of BeaverTails 30k_test and the PKU-SafeRLHF 2k subset
-(label harmful = not is_safe). Pairs whose prompt is one of the 1,000 harmful-score evaluation
+(label harmful = not is_safe), plus refusals of harmful requests (and optionally answered harmless
+requests) labelled not harmful. Pairs whose prompt is one of the 1,000 harmful-score evaluation
 prompts never enter training; they form a second test set ("eval_prompts"). The rest is split *by
-prompt* (every pair of a prompt on the same side), 20% of prompts held out, seeded.
+prompt* (every pair of a prompt on the same side): 20% of prompts held out (test), 10% validation
+(the threshold: best F1 there), the rest train, seeded.
 
 What ships (`safeft/assets/cpu_judge`): only what differs from the base encoder, i.e. the fine-tuned
 layers and the head, as fp16 safetensors (`overlay.safetensors`), plus `judge.json` (base package
