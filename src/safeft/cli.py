@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = judge_sub.add_parser(
         "train",
         help="retrain the CPU judge from labelled QA pairs",
-        description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (held out by "
-        "prompt) and write the compact judge; prints its held-out metrics.",
+        description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (split by "
+        "prompt) and refusals, choose the threshold on the validation pairs, write the compact judge; prints its metrics.",
     )
     q.add_argument(
         "--output",
@@ -457,6 +457,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the judge (copy it to src/safeft/assets/cpu_judge to ship it)",
     )
     q.add_argument("--data-dir", help="folder with the local data files (default: $SAFEFT_DATA_DIR)")
+    q.add_argument(
+        "--train-layers", type=int, default=4, help="top MiniLM layers fine-tuned (0-6; the rest frozen)"
+    )
+    q.add_argument("--epochs", type=int, default=2, help="passes over the training pairs")
+    q.add_argument(
+        "--harmless-answer-rows",
+        type=int,
+        default=0,
+        help="answered harmless requests (AlpacaEval) added as harmless pairs (0 in the shipped judge)",
+    )
+    q.add_argument("--seed", type=int, default=0, help="training seed (the split by prompt is fixed)")
+    q.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; part of the recipe: the same seed and thread count give the same judge",
+    )
+    q.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="measure on the validation pairs only (to compare recipes without looking at the test sets)",
+    )
     q.set_defaults(func=cmd_judge_train)
     q = judge_sub.add_parser(
         "eval",
