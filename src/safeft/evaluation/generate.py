@@ -57,7 +57,7 @@ def greedy_tokens(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    positions = _prompt_positions(attention_mask)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -75,6 +75,13 @@ def greedy_tokens(
         max_new_tokens=max_new_tokens,
         eos_token_id=eos_token_id,
     )
+
+
+def _prompt_positions(mask: Any, start: int = 0) -> Any:
+    """Position ids of left-padded prompt tokens: `start`, `start`+1, … over each row's real tokens (after
+    `start` shared ones already in the cache); padding gets 1, a harmless value its mask hides. Both
+    engines use this one rule, so their answers stay identical to one prompt at a time."""
+    return (start + mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 def _greedy_decode(
@@ -219,7 +226,7 @@ def greedy_tokens_shared_prefix(
                 layer.keys.expand(len(own), -1, -1, -1), layer.values.expand(len(own), -1, -1, -1), layer_idx
             )
         mask = torch.cat([own_mask.new_ones(len(own), n_shared), own_mask], dim=1)
-        positions = (n_shared + own_mask.cumsum(-1) - 1).masked_fill(own_mask == 0, 1)
+        positions = _prompt_positions(own_mask, start=n_shared)
         out = model(
             input_ids=input_ids,
             attention_mask=mask,
