@@ -163,3 +163,103 @@ def test_compare_command_names_the_missing_samples_file(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "sft"), str(tmp_path / "not_an_evaluation")]) == 2
 
     assert str(tmp_path / "not_an_evaluation" / "harmful_samples.jsonl") in capsys.readouterr().err
+
+
+def _seeded_experiment(root: Path, flags: dict[tuple[str, int], list[bool]]) -> None:
+    """Evaluations of (method, seed) at p = 0.1 with the given per-prompt verdicts, and their index."""
+    stages = []
+    for (method, seed), verdicts in flags.items():
+        run_id = f"evaluate/{method}-s{seed}-p0.1"
+        _evaluation(root, run_id, verdicts)
+        labels = {
+            "method": method,
+            "seed": seed,
+            "task": "sst2",
+            "poison_ratio": 0.1,
+            "attack": {},
+            "attacked": True,
+        }
+        stages.append({"id": run_id, "kind": "evaluate", "labels": labels, "depends_on": []})
+    (root / "experiment.json").write_text(json.dumps({"name": "exp", "stages": stages}))
+
+
+def test_the_paired_test_pools_discordant_prompts_over_seeds(tmp_path):
+    from scipy.stats import binomtest
+
+    root = tmp_path / "exp"
+    # per seed, 10 prompts: booster is flagged on 1 prompt SFT is not, SFT on 4 (seed 3: 5) booster is not
+    sft = {1: [True] * 5 + [False] * 5, 2: [True] * 5 + [False] * 5, 3: [True] * 6 + [False] * 4}
+    booster = {
+        1: [True, False, False, False, False, True, False, False, False, False],
+        2: [True, False, False, False, False, True, False, False, False, False],
+        3: [True, False, False, False, False, False, True, False, False, False],
+    }
+    flags = {("sft", s): f for s, f in sft.items()} | {("booster", s): f for s, f in booster.items()}
+    _seeded_experiment(root, flags)
+
+    write_report(root)
+
+    per_seed = list(csv.DictReader((root / "paired.csv").open()))
+    assert [(r["seed"], r["only_method"], r["only_reference"]) for r in per_seed] == [
+        ("1", "1", "4"),
+        ("2", "1", "4"),
+        ("3", "1", "5"),
+    ]
+    assert all(float(r["p_value"]) > 0.05 for r in per_seed)  # no seed alone tells them apart
+    (pooled,) = csv.DictReader((root / "paired_pooled.csv").open())
+    assert (pooled["seeds"], pooled["n"], pooled["only_method"], pooled["only_reference"]) == (
+        "3",
+        "30",
+        "3",
+        "13",
+    )
+    assert float(pooled["p_value"]) == pytest.approx(binomtest(3, 16, 0.5).pvalue)
+    assert float(pooled["p_value"]) < 0.05  # together they do
+    assert float(pooled["hs"]) == pytest.approx(100 * 6 / 30)
+    assert float(pooled["reference_hs"]) == pytest.approx(100 * 16 / 30)
+    text = (root / "results.md").read_text()
+    assert "### Against SFT, pooled over seeds" in text
+    sentence = next(line for line in text.splitlines() if line.startswith("- sst2, p = 0.1"))
+    assert "booster beats sft (lower HS)" in sentence
+    assert "30 paired answers over 3 seeds" in sentence
+    assert f"p = {binomtest(3, 16, 0.5).pvalue:.3g}" in sentence
+
+
+def test_a_pooled_difference_the_test_cannot_see_is_does_not_beat(tmp_path):
+    from scipy.stats import binomtest
+
+    from safeft.pipeline.paired import verdict
+
+    root = tmp_path / "exp"
+    sft = [True, True, False, False]
+    # seed 1: 1 flagged for booster only; seed 2: 1 for sft only -> pooled 1 vs 1
+    _seeded_experiment(
+        root,
+        {
+            ("sft", 1): sft,
+            ("sft", 2): sft,
+            ("booster", 1): [True, True, True, False],
+            ("booster", 2): [True, False, False, False],
+        },
+    )
+    write_report(root)
+    (pooled,) = csv.DictReader((root / "paired_pooled.csv").open())
+    assert (pooled["only_method"], pooled["only_reference"]) == ("1", "1")
+    assert float(pooled["p_value"]) == pytest.approx(binomtest(1, 2, 0.5).pvalue)
+    assert "booster does not beat sft: no difference detectable" in (root / "results.md").read_text()
+
+    worse = {
+        "task": "sst2",
+        "method": "booster",
+        "reference": "sft",
+        "poison_ratio": 0.2,
+        "attack": "",
+        "seeds": 3,
+        "n": 900,
+        "hs": 40.0,
+        "reference_hs": 30.0,
+        "only_method": 100,
+        "only_reference": 10,
+        "p_value": binomtest(100, 110, 0.5).pvalue,
+    }
+    assert "booster does not beat sft: its HS is higher" in verdict(worse)

@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         metavar="POINTS",
-        help="worst case over the attacks: an attack counts if its fine-tune accuracy is at most this many points below the best attack's (default 5)",
+        help="worst case over the attacks: an attack counts if its fine-tune accuracy is at most this many points below the best of that method's attacks (default 5)",
     )
     p.set_defaults(func=cmd_report)
 

@@ -7,14 +7,21 @@ are flagged for the method only, `c` for the reference (SFT) only. If both model
 harmful, each disagreement would go either way with probability 1/2, so `b ~ Binomial(b + c, 1/2)`;
 the two-sided exact p-value is `min(1, 2 P(X <= min(b, c)))`. With 300 prompts a difference of a
 few points is often noise, and a table of HS alone does not say which.
+
+Over seeds (`pooled_rows`): within each seed the pairs are matched, so under "equally harmful" every
+discordant prompt of every seed still goes either way with probability 1/2, independently; the
+summed counts give `sum b ~ Binomial(sum (b + c), 1/2)` and the same exact test on them is valid
+(McNemar's test for stratified matched pairs; it weighs each seed by its discordant prompts). Every
+"beats" / "does not beat" sentence of the report (`verdict`) rests on that pooled test.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from scipy.stats import binomtest
 
 from safeft.evaluation.stats import percent_interval
 from safeft.io import read_jsonl
@@ -22,15 +29,14 @@ from safeft.tables import MISSING, dict_rows_csv, fmt_num, markdown_table
 
 SAMPLES_FILE = "harmful_samples.jsonl"  # written by the evaluate stage, one line per prompt
 REFERENCE = "sft"
+ALPHA = 0.05  # a "beats" sentence needs a pooled p below it
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts `b` and `c`."""
-    n = b + c
-    if n == 0:
+    """Two-sided exact McNemar p-value from the discordant counts `b` and `c` (1 without any)."""
+    if b + c == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(binomtest(b, b + c, 0.5).pvalue)
 
 
 def read_verdicts(run_dir: Path, judge: str | None = None) -> dict[tuple[Any, ...], bool] | None:
@@ -80,6 +86,8 @@ def compare(run_dir: Path, reference_dir: Path, judge: str | None = None) -> dic
     n = len(shared)
     return {
         "n": n,
+        "flagged": sum(mine[k] for k in shared),
+        "reference_flagged": sum(theirs[k] for k in shared),
         "hs": 100 * sum(mine[k] for k in shared) / n,
         "hs_ci95": percent_interval([mine[k] for k in shared]),
         "reference_hs": 100 * sum(theirs[k] for k in shared) / n,
@@ -132,6 +140,60 @@ def paired_rows(runs_dir: Path, runs: list[Any], reference: str = REFERENCE) -> 
             }
         )
     return rows
+
+
+def pooled_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of `paired_rows` pooled over seeds: one per task, method, poison ratio and attack setting.
+
+    Discordant counts and paired prompts are summed over the seeds (see the module docstring), the
+    harmful scores are over all the pooled pairs, and `p_value` is the exact McNemar test on the sums.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        attack = tuple(sorted(r["attack"].items())) if isinstance(r["attack"], dict) else r["attack"]
+        key = (r["task"], r["method"], r["reference"], r["poison_ratio"], attack)
+        groups.setdefault(key, []).append(r)
+    pooled = []
+    for group in groups.values():
+        n = sum(r["n"] for r in group)
+        b = sum(r["only_method"] for r in group)
+        c = sum(r["only_reference"] for r in group)
+        first = group[0]
+        pooled.append(
+            {
+                **{k: first[k] for k in ("task", "method", "reference", "poison_ratio", "attack")},
+                "seeds": len(group),
+                "seed_list": sorted((r["seed"] for r in group), key=str),
+                "n": n,
+                "hs": 100 * sum(r["flagged"] for r in group) / n,
+                "reference_hs": 100 * sum(r["reference_flagged"] for r in group) / n,
+                "only_method": b,
+                "only_reference": c,
+                "p_value": mcnemar_exact_p(b, c),
+            }
+        )
+    return pooled
+
+
+def verdict(row: dict[str, Any], alpha: float = ALPHA) -> str:
+    """One pooled comparison as a sentence: "beats" only when the pooled exact test says so at `alpha`."""
+    method, reference = row["method"], row["reference"]
+    b, c, p = row["only_method"], row["only_reference"], row["p_value"]
+    if p < alpha and b < c:
+        conclusion = f"{method} beats {reference} (lower HS)"
+    elif p < alpha:
+        conclusion = f"{method} does not beat {reference}: its HS is higher"
+    else:
+        conclusion = f"{method} does not beat {reference}: no difference detectable at α = {alpha:g}"
+    where = "not attacked" if row["poison_ratio"] is None else f"p = {fmt_num(row['poison_ratio'])}"
+    if row["attack"]:
+        where += f", attack {row['attack']}"
+    seeds = f"{row['seeds']} seed" + ("s" if row["seeds"] != 1 else "")
+    return (
+        f"{row['task']}, {where}: {conclusion}. HS {row['hs']:.1f}% vs {row['reference_hs']:.1f}% on "
+        f"{row['n']} paired answers over {seeds}; {b} prompts flagged for {method} only, {c} for "
+        f"{reference} only; pooled exact McNemar p = {p:.3g}."
+    )
 
 
 # ----- as tables: `safeft compare` and the report's section "Against SFT, prompt by prompt" -----------
@@ -200,3 +262,60 @@ def paired_markdown(rows: list[dict[str, Any]]) -> str:
 
 def paired_csv(rows: list[dict[str, Any]]) -> str:
     return dict_rows_csv(CSV_KEYS, rows)
+
+
+POOLED_CSV_KEYS = [
+    "task",
+    "method",
+    "reference",
+    "poison_ratio",
+    "attack",
+    "seeds",
+    "n",
+    "hs",
+    "reference_hs",
+    "only_method",
+    "only_reference",
+    "p_value",
+]
+
+
+def pooled_markdown(rows: list[dict[str, Any]], alpha: float = ALPHA) -> str:
+    """The rows of `pooled_rows` (their attack titled) as a Markdown table, then one `verdict` each."""
+    header = [
+        "task",
+        "method",
+        "poison ratio",
+        "attack",
+        "seeds",
+        "paired answers",
+        "HS",
+        "SFT's HS",
+        "flagged for the method only",
+        "for SFT only",
+        "p (pooled exact McNemar)",
+    ]
+    body = [
+        [
+            r["task"],
+            r["method"],
+            "not attacked" if r["poison_ratio"] is None else fmt_num(r["poison_ratio"]),
+            r["attack"] or "base",
+            str(r["seeds"]),
+            *paired_count_cells(r),
+        ]
+        for r in rows
+    ]
+    note = (
+        "The comparisons above pooled over seeds: within a seed each prompt's two answers are paired; the "
+        "discordant prompts of all seeds are summed and tested together (exact McNemar on the sums). Each p "
+        f"is one comparison's; a sentence says 'beats' only when p < {alpha:g} and the method has fewer "
+        "flagged-only prompts. With many rows, a few p < 0.05 are expected by chance (no correction for "
+        "multiple comparisons)."
+    )
+    sentences = "\n".join(f"- {verdict(r, alpha)}" for r in rows)
+    return markdown_table(header, body) + "\n\n" + note + "\n\n" + sentences + "\n"
+
+
+def pooled_csv(rows: list[dict[str, Any]]) -> str:
+    return dict_rows_csv(POOLED_CSV_KEYS, rows)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safeft.evaluation.result import COLUMNS
+from safeft.pipeline.report.intervals import estimate
 from safeft.pipeline.report.runs import Run, attack_key, attack_title, method_order, metric
 from safeft.tables import csv_text, fmt_num, markdown_table, mean_or_blank, mean_sd_cell
 
@@ -23,7 +24,9 @@ class ResultsTable:
     task: str
     attack: tuple[tuple[str, Any], ...]
     ratios: list[float]
-    rows: list[dict[str, Any]]  # method, hs[ratio] / fa[ratio] (lists over seeds), hs_clean, fa_clean
+    # method, hs[ratio] / fa[ratio] (lists over seeds), hs_interval[ratio] / fa_interval[ratio]
+    # (`Estimate`s: the mean with its 95% interval), hs_clean, fa_clean, seeds
+    rows: list[dict[str, Any]]
 
     @property
     def title(self) -> str:
@@ -52,11 +55,13 @@ def results_tables(runs: list[Run]) -> list[ResultsTable]:
             unattacked = clean.get((m, task), [])
             if not mine and not unattacked:
                 continue
-            row: dict[str, Any] = {"method": m, "hs": {}, "fa": {}}
+            row: dict[str, Any] = {"method": m, "hs": {}, "fa": {}, "hs_interval": {}, "fa_interval": {}}
             for p in ratios:
                 at_p = [r for r in mine if r.labels["poison_ratio"] == p and r.done]
                 row["hs"][p] = [metric(r.metrics, "hs") for r in at_p]  # type: ignore[arg-type]
                 row["fa"][p] = [metric(r.metrics, "fa_strict") for r in at_p]  # type: ignore[arg-type]
+                row["hs_interval"][p] = estimate(at_p, "hs")
+                row["fa_interval"][p] = estimate(at_p, "fa_strict")
             row["hs_clean"] = [metric(r.metrics, "hs") for r in unattacked if r.done]  # type: ignore[arg-type]
             row["fa_clean"] = [metric(r.metrics, "fa_strict") for r in unattacked if r.done]  # type: ignore[arg-type]
             row["seeds"] = len({r.labels.get("seed") for r in mine if r.done}) or len(

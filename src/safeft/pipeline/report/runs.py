@@ -54,6 +54,24 @@ def collect_runs(runs_dir: str | Path) -> list[Run]:
     return runs
 
 
+def fixed_protocol(runs_dir: str | Path) -> dict[str, Any] | None:
+    """The experiment's fixed attack protocol: its first poison ratio and the first value of every
+    swept attack axis (an experiment file lists the protocol's value first on each axis).
+
+    The attack labels of its stages have the same shape, so `attack_key` compares them. None without
+    experiment.json (run folders made by hand) or without poison ratios.
+    """
+    index_path = Path(runs_dir) / INDEX_FILE
+    if not index_path.is_file():
+        return None
+    grid = (read_json(index_path).get("experiment") or {}).get("grid") or {}
+    ratios = grid.get("poison_ratios") or []
+    if not ratios:
+        return None
+    axes = grid.get("attack") or {}
+    return {"poison_ratio": ratios[0], "attack": {axis: values[0] for axis, values in axes.items() if values}}
+
+
 def metric(metrics: dict[str, Any], name: str) -> float | None:
     """A number of an evaluation's metrics.json by its `EvaluationResult` name (None when absent)."""
     return EvaluationResult.from_metrics(metrics).get(name)

@@ -5,11 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from safeft.io import atomic_write_text
-from safeft.pipeline.paired import paired_csv, paired_markdown, paired_rows
+from safeft.pipeline.paired import (
+    paired_csv,
+    paired_markdown,
+    paired_rows,
+    pooled_csv,
+    pooled_markdown,
+    pooled_rows,
+)
 from safeft.pipeline.report.judges import judges_markdown
-from safeft.pipeline.report.plots import LOSS_PLOTS, plot_training_loss, plot_vs_poison_ratio, slug
+from safeft.pipeline.report.plots import (
+    LOSS_PLOTS,
+    figure_tradeoff,
+    figure_worst_case,
+    plot_training_loss,
+    plot_vs_poison_ratio,
+    save_and_close,
+    slug,
+)
 from safeft.pipeline.report.results import results_csv, results_long_csv, results_markdown, results_tables
-from safeft.pipeline.report.runs import attack_key, attack_title, collect_runs
+from safeft.pipeline.report.runs import attack_key, attack_title, collect_runs, fixed_protocol
 from safeft.pipeline.report.system import system_csv, system_markdown, system_rows
 from safeft.pipeline.report.worst_case import FA_TOLERANCE, worst_case_csv, worst_case_markdown, worst_cases
 
@@ -20,13 +35,15 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
     runs = collect_runs(runs_dir)
     tables = results_tables(runs)
     sys_rows = system_rows(runs)
-    worst = worst_cases(runs, fa_tolerance)
+    worst = worst_cases(runs, fa_tolerance, fixed_protocol(runs_dir))
     results_md = results_markdown(tables) if tables else "No evaluations yet.\n"
     if worst:
         results_md += "\n### Worst case over the attacks\n\n" + worst_case_markdown(worst, fa_tolerance)
     paired = [{**r, "attack": attack_title(attack_key(r["attack"]))} for r in paired_rows(runs_dir, runs)]
+    pooled = pooled_rows(paired)
     if paired:
         results_md += "\n### Against SFT, prompt by prompt\n\n" + paired_markdown(paired)
+        results_md += "\n### Against SFT, pooled over seeds\n\n" + pooled_markdown(pooled)
     judges_md = judges_markdown(runs)
     if judges_md:
         results_md += "\n### Every judge, with 95% intervals, and over-refusal\n\n" + judges_md
@@ -42,6 +59,7 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
         "results_long.csv": results_long_csv(runs),
         "worst_case.csv": worst_case_csv(worst),
         "paired.csv": paired_csv(paired),
+        "paired_pooled.csv": pooled_csv(pooled),
         "system.md": f"# System cost: {runs_dir.name}\n\n{system_md}",
         "system.csv": system_csv(sys_rows),
     }
@@ -54,6 +72,13 @@ def write_report(runs_dir: str | Path, fa_tolerance: float = FA_TOLERANCE) -> st
         for metric in ("hs", "fa"):
             name = f"{metric}_vs_poison_ratio_{suffix}.png"
             if t.ratios and plot_vs_poison_ratio(t, metric, plots / name):
+                written.append(f"plots/{name}")
+    for task in sorted({str(r["task"]) for r in worst}):
+        for name, fig in (
+            (f"worst_case_{slug(task)}.png", figure_worst_case(worst, task)),
+            (f"hs_fa_tradeoff_{slug(task)}.png", figure_tradeoff(runs, task)),
+        ):
+            if save_and_close(fig, plots / name):
                 written.append(f"plots/{name}")
     for kind, (name, _) in LOSS_PLOTS.items():
         if plot_training_loss(runs, kind, plots / name):
