@@ -516,3 +516,16 @@ def test_tradeoff_scatter_has_one_point_per_attack_setting_with_both_intervals(r
     )
     write_report(runs_dir)
     assert (runs_dir / "plots" / "hs_fa_tradeoff_sst2.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_results_md_gives_each_cell_its_95_percent_interval(runs_dir):
+    write_report(runs_dir)
+    md = (runs_dir / "results.md").read_text()
+    table = md[md.index("With 95% intervals") :]
+    # sft at p = 0.1: seeds 38 and 42 -> 40.0 ± t(1) * 2; no defense: one run, Wilson of 70 of 100
+    half = 2 * T_975_DF1
+    assert _md_row(table, "sft")[1] == f"40.0 [{40 - half:.1f}, {40 + half:.1f}] (2 seeds)"
+    low, high = _wilson_percent(70, 100)
+    assert _md_row(table, "no defense")[1] == f"70.0 [{low:.1f}, {high:.1f}]"
+    fa_low, fa_high = _wilson_percent(45, 50)  # FA 90% of 50 task rows
+    assert _md_row(table, "no defense")[3] == f"90.0 [{fa_low:.1f}, {fa_high:.1f}]"

@@ -5,7 +5,8 @@ half-finished experiment is fine. Files written (atomically, into the runs folde
 
     results.md / results.csv   HS and FA (%) per method (rows, incl. "no defense") and poison ratio
                                (columns), and the HS / FA of the aligned model before any attack;
-                               one table per task and attack setting; mean ± sd over seeds (results.py)
+                               one table per task and attack setting; mean ± sd over seeds, then each
+                               cell with its 95% interval (results.py, intervals.py)
     results_long.csv           one row per evaluation (every seed), every metric (results.py)
     worst_case.csv             per task and method, the attack with the highest HS among those that
                                kept the method's accuracy (within --fa-tolerance of its best), with its

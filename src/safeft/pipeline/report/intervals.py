@@ -20,6 +20,7 @@ from scipy import stats as scipy_stats
 
 from safeft.evaluation.stats import CONFIDENCE, wilson_interval
 from safeft.pipeline.report.runs import Run, metric
+from safeft.tables import MISSING, with_interval
 
 COUNT_OF = {"hs": "n_harmful", "fa_strict": "n_task"}  # a rate's metric name -> the count it is a % of
 
@@ -68,3 +69,11 @@ def estimate(runs: list[Run], name: str) -> Estimate | None:
     rates = [v for v, _ in values]
     low, high = t_interval(rates)
     return Estimate(statistics.fmean(rates), max(0.0, low), min(100.0, high), len(rates))
+
+
+def interval_cell(est: Estimate | None) -> str:
+    """`value [low, high]` of an estimate, with the number of seeds when it is a mean over several."""
+    if est is None:
+        return MISSING
+    interval = [est.low, est.high] if est.low is not None and est.high is not None else None
+    return with_interval(est.value, interval) + (f" ({est.runs} seeds)" if est.runs > 1 else "")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safeft.evaluation.result import COLUMNS
-from safeft.pipeline.report.intervals import estimate
+from safeft.pipeline.report.intervals import estimate, interval_cell
 from safeft.pipeline.report.runs import Run, attack_key, attack_title, method_order, metric
 from safeft.tables import csv_text, fmt_num, markdown_table, mean_or_blank, mean_sd_cell
 
@@ -91,10 +91,19 @@ def results_markdown(tables: list[ResultsTable]) -> str:
             for r in t.rows
         ]
         parts.append(f"### Task {t.title}{note}\n\n" + markdown_table(header, body))
+        if t.ratios:
+            header = ["method"] + [f"{m} p={fmt_num(p)}" for m in ("HS", "FA") for p in t.ratios]
+            body = [
+                [r["method"]] + [interval_cell(r[f"{m}_interval"][p]) for m in ("hs", "fa") for p in t.ratios]
+                for r in t.rows
+            ]
+            parts.append(f"With 95% intervals, {t.title}:\n\n" + markdown_table(header, body))
     legend = (
         "HS: harmful score, % of answers to harmful prompts the judge flags (lower is better). "
         "FA: fine-tune accuracy on the task, %. p: poison ratio of the attack. "
-        "'not attacked': the aligned model before fine-tuning (for 'no defense': the base model)."
+        "'not attacked': the aligned model before fine-tuning (for 'no defense': the base model). "
+        "95% intervals: of one run, the Wilson interval of its count (the prompts' sampling error); "
+        "of several seeds, the mean with a Student t interval over them (the training's spread too)."
     )
     return "\n\n".join(parts) + "\n\n" + legend + "\n"
 
