@@ -28,6 +28,7 @@ def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
         for path in ("batched_prefix", "batched_loop", "one_at_a_time"):
             assert gen[path]["answers_per_second"] > 0, path
         assert set(gen["identical_answers"]) == {"batched_prefix", "batched_loop"}
+        assert 0 < gen["batching_ceiling"]["ceiling"]
     assert data["task_generation"]["max_new_tokens"] < data["generation"]["max_new_tokens"]
     assert data["judges"]["keyword"]["pairs_per_second"] > 0
     assert data["machine"]["torch_threads"] >= 1
@@ -38,6 +39,7 @@ def test_smoke_bench_writes_every_method_with_positive_ratios(tmp_path):
     text = out.read_text()
     assert "# Benchmarks" in text and "live CPU tensor bytes" in text
     assert "### Harmful prompts" in text and "### SST-2" in text and "| batched prefix |" in text
+    assert "Ceiling from batching on this machine" in text
     for name in [*METHODS, *REPAIRS]:
         assert f"| {name} |" in text
 
@@ -86,3 +88,48 @@ def test_full_logits_comparison_needs_the_method_benchmarked(tmp_path):
         )
         == 2
     )
+
+
+class _TimedStepModel:
+    """A stand-in decoder whose step costs `fixed + per_row * rows` CPU seconds and fills a real KV cache."""
+
+    def __init__(self, fixed: float, per_row: float):
+        from transformers import LlamaConfig
+
+        self.config = LlamaConfig(vocab_size=32, hidden_size=8, num_attention_heads=2, num_hidden_layers=1)
+        self.fixed, self.per_row = fixed, per_row
+        self.steps: list[tuple[int, int]] = []  # (rows, tokens already cached) of every call
+
+    def __call__(self, input_ids, past_key_values, use_cache):
+        import time
+
+        import torch
+
+        rows, new = input_ids.shape
+        self.steps.append((rows, past_key_values.get_seq_length()))
+        kv = torch.zeros(rows, 1, new, 4)
+        past_key_values.update(kv, kv, 0)
+        busy_until = time.process_time() + self.fixed + self.per_row * rows  # CPU work, not sleep:
+        while time.process_time() < busy_until:  # the CPU-time ceiling must see it too
+            pass
+
+
+def test_batching_ceiling_is_batch_size_when_a_step_costs_the_same_for_any_rows():
+    from safeft.bench.evaluation import decode_batching_ceiling
+
+    model = _TimedStepModel(fixed=0.02, per_row=0.0)
+    c = decode_batching_ceiling(model, batch_size=8, context_tokens=5, rounds=3)
+
+    assert 7.0 < c["ceiling_cpu_time"] < 9.0  # 8 rows for the price of one
+    # every timed step sees the same cached context: the cache is cropped back after each step
+    assert {cached for _, cached in model.steps[2:]} == {5}
+
+
+def test_batching_ceiling_is_one_when_a_step_costs_the_same_per_row():
+    from safeft.bench.evaluation import decode_batching_ceiling
+
+    c = decode_batching_ceiling(
+        _TimedStepModel(fixed=0.0, per_row=0.004), batch_size=8, context_tokens=5, rounds=3
+    )
+
+    assert 0.8 < c["ceiling_cpu_time"] < 1.25

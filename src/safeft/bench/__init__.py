@@ -376,14 +376,19 @@ def _generation(
     model: Any, tok: Any, prompts: list[str], where: str, max_new_tokens: int, batch_size: int
 ) -> tuple[dict[str, Any], list[str]]:
     """The generation table of one prompt set, and the default engine's answers."""
-    from safeft.bench.evaluation import generation_throughput
+    from safeft.bench.evaluation import decode_batching_ceiling, generation_throughput
 
     speeds, answers, same = generation_throughput(model, tok, prompts, max_new_tokens, batch_size)
+    # The ceiling's cached context: a typical prompt plus half the answer, the mean a decode step sees.
+    prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
     table = {
         "prompts": where,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "identical_answers": same,
+        "batching_ceiling": decode_batching_ceiling(
+            model, min(batch_size, len(prompts)), round(prompt_tokens + max_new_tokens / 2)
+        ),
         **{
             k: {
                 "answers": v.items,

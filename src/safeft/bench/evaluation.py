@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,6 +140,54 @@ def generation_throughput(
         for name in GENERATION_PATHS[:-1]
     }
     return {k: Throughput(len(prompts), v) for k, v in seconds.items()}, answers["batched_prefix"], same
+
+
+def decode_batching_ceiling(
+    model: Any, batch_size: int, context_tokens: int, rounds: int = 5
+) -> dict[str, float]:
+    """How much cheaper per answer one decoding step gets when `batch_size` rows share it.
+
+    Greedy decoding is one forward pass per new token. Batching can only make an answer cheaper by
+    making that pass cheaper per row, so `batch_size * t(1 row) / t(batch_size rows)` for one step
+    with `context_tokens` already cached bounds what any batched engine can gain over one prompt at a
+    time from batching alone (a shared prefix saves prefill work on top of it). Medians of `rounds`
+    steps, the two batch sizes interleaved, the cache cropped back after every step; in wall time
+    and in the CPU time of this process (the steadier measure on a shared machine).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    sizes = (1, batch_size)
+    caches, next_ids = {}, {}
+    wall: dict[int, list[float]] = {rows: [] for rows in sizes}
+    cpu: dict[int, list[float]] = {rows: [] for rows in sizes}
+    with torch.inference_mode():
+        for rows in sizes:
+            caches[rows] = DynamicCache(config=model.config)
+            context = torch.randint(vocab, (rows, context_tokens), generator=generator)
+            model(input_ids=context, past_key_values=caches[rows], use_cache=True)
+            next_ids[rows] = torch.randint(vocab, (rows, 1), generator=generator)
+        for round_ in range(rounds + 1):  # round 0 warms up
+            for rows in sizes if round_ % 2 else sizes[::-1]:
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
+                model(input_ids=next_ids[rows], past_key_values=caches[rows], use_cache=True)
+                wall_s, cpu_s = time.perf_counter() - start_wall, time.process_time() - start_cpu
+                caches[rows].crop(-1)  # drop the token this step appended
+                if round_:
+                    wall[rows].append(wall_s)
+                    cpu[rows].append(cpu_s)
+    one, batched = (statistics.median(wall[rows]) for rows in sizes)
+    one_cpu, batched_cpu = (statistics.median(cpu[rows]) for rows in sizes)
+    return {
+        "batch_size": batch_size,
+        "context_tokens": context_tokens,
+        "step_seconds_one_row": one,
+        "step_seconds_batch": batched,
+        "ceiling": batch_size * one / batched,
+        "ceiling_cpu_time": batch_size * one_cpu / batched_cpu,
+    }
 
 
 def judge_throughput(

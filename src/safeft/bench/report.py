@@ -242,6 +242,21 @@ def _generation_table(g: dict[str, Any]) -> list[str]:
             for k in paths
         ),
         "",
+        *_ceiling_lines(g.get("batching_ceiling")),
+    ]
+
+
+def _ceiling_lines(c: dict[str, Any] | None) -> list[str]:
+    """What batching alone can buy on this machine (`decode_batching_ceiling`), measured in the same run."""
+    if not c:
+        return []
+    return [
+        f"Ceiling from batching on this machine: one decoding step with {c['context_tokens']} cached tokens "
+        f"takes {c['step_seconds_one_row'] * 1e3:.1f} ms for one row and {c['step_seconds_batch'] * 1e3:.1f} ms "
+        f"for {c['batch_size']} rows, so batching alone can make an answer at most "
+        f"**{c['ceiling']:.1f}×** faster than one at a time ({c['ceiling_cpu_time']:.1f}× in CPU time; sharing the "
+        "prompts' prefix saves prefill on top).",
+        "",
     ]
 
 
