@@ -4,7 +4,9 @@
 
 Each batch size generates every prompt once (greedy, the evaluation's engine), in the order given;
 wall and CPU seconds of this process are printed with how many answers equal the first batch size's.
-CPU time is the steadier measure on a shared machine. Complements `safeft bench`, whose generation
+CPU time is the steadier measure on a shared machine. First it prints what one prompt's prefill
+costs in one-row decoding steps (CPU time, median of 7): the part of one-at-a-time generation that
+batching cannot shrink much, since a prefill is already a batch of tokens. Complements `safeft bench`, whose generation
 table compares the engines with one prompt at a time at one batch size and gives the batching
 ceiling (`decode_batching_ceiling`).
 """
@@ -13,13 +15,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from typing import Any
 
 import torch
 
 from safeft.bench.evaluation import eval_prompts
 from safeft.evaluation.generate import generate_answers
 from safeft.models import load_model
+
+
+def prefill_in_decode_steps(
+    model: Any, tokenizer: Any, prompts: list[str], rounds: int = 7
+) -> dict[str, float]:
+    """CPU seconds of one prefill of the prompts' mean length, of one one-row decoding step after it, and their ratio."""
+    from transformers import DynamicCache
+
+    tokens = round(statistics.mean(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts))
+    ids = torch.randint(model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    prefill, step = [], []
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms up
+            cache = DynamicCache(config=model.config)
+            start = time.process_time()
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+            prefill.append(time.process_time() - start)
+            start = time.process_time()
+            model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+            step.append(time.process_time() - start)
+    p, d = statistics.median(prefill[1:]), statistics.median(step[1:])
+    return {"prompt_tokens": tokens, "prefill_cpu_s": p, "step_cpu_s": d, "prefill_in_steps": p / d}
 
 
 def main() -> None:
@@ -38,6 +64,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     model.eval()
     prompts, where = eval_prompts(args.prompts, args.data_dir)
+    print(json.dumps(prefill_in_decode_steps(model, tokenizer, prompts)), flush=True)
     results: dict[int, dict[str, float]] = {}
     first_answers: list[str] | None = None
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
