@@ -226,38 +226,36 @@ def paired_count_cells(counts: dict[str, Any]) -> list[str]:
     ]
 
 
-def paired_markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows of `paired_rows` (their attack titled) as a Markdown table with its legend."""
-    header = [
-        "task",
-        "method",
-        "poison ratio",
-        "attack",
-        "seed",
-        "prompts",
-        "HS",
-        "SFT's HS",
-        "flagged for the method only",
-        "for SFT only",
-        "p (exact McNemar)",
-    ]
+def _comparison_table(
+    rows: list[dict[str, Any]], per_row: tuple[str, Any], n_title: str, p_title: str
+) -> str:
+    """The Markdown table of paired or pooled rows; `per_row` is the column between attack and counts."""
+    title, cell = per_row
+    header = ["task", "method", "poison ratio", "attack", title, n_title, "HS", "SFT's HS"]
+    header += ["flagged for the method only", "for SFT only", p_title]
     body = [
         [
             r["task"],
             r["method"],
             "not attacked" if r["poison_ratio"] is None else fmt_num(r["poison_ratio"]),
             r["attack"] or "base",
-            MISSING if r["seed"] is None else str(r["seed"]),
+            cell(r),
             *paired_count_cells(r),
         ]
         for r in rows
     ]
+    return markdown_table(header, body)
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows of `paired_rows` (their attack titled) as a Markdown table with its legend."""
+    seed = ("seed", lambda r: MISSING if r["seed"] is None else str(r["seed"]))
     note = (
         "Each method against SFT under the same attack, on the prompts both answered. Only the prompts "
         "where the two verdicts differ tell the models apart; p is the chance of a split at least this "
         "uneven if both were equally harmful (two-sided exact McNemar test)."
     )
-    return markdown_table(header, body) + "\n\n" + note + "\n"
+    return _comparison_table(rows, seed, "prompts", "p (exact McNemar)") + "\n\n" + note + "\n"
 
 
 def paired_csv(rows: list[dict[str, Any]]) -> str:
@@ -282,30 +280,8 @@ POOLED_CSV_KEYS = [
 
 def pooled_markdown(rows: list[dict[str, Any]], alpha: float = ALPHA) -> str:
     """The rows of `pooled_rows` (their attack titled) as a Markdown table, then one `verdict` each."""
-    header = [
-        "task",
-        "method",
-        "poison ratio",
-        "attack",
-        "seeds",
-        "paired answers",
-        "HS",
-        "SFT's HS",
-        "flagged for the method only",
-        "for SFT only",
-        "p (pooled exact McNemar)",
-    ]
-    body = [
-        [
-            r["task"],
-            r["method"],
-            "not attacked" if r["poison_ratio"] is None else fmt_num(r["poison_ratio"]),
-            r["attack"] or "base",
-            str(r["seeds"]),
-            *paired_count_cells(r),
-        ]
-        for r in rows
-    ]
+    seeds = ("seeds", lambda r: str(r["seeds"]))
+    table = _comparison_table(rows, seeds, "paired answers", "p (pooled exact McNemar)")
     note = (
         "The comparisons above pooled over seeds: within a seed each prompt's two answers are paired; the "
         "discordant prompts of all seeds are summed and tested together (exact McNemar on the sums). Each p "
@@ -314,7 +290,7 @@ def pooled_markdown(rows: list[dict[str, Any]], alpha: float = ALPHA) -> str:
         "multiple comparisons)."
     )
     sentences = "\n".join(f"- {verdict(r, alpha)}" for r in rows)
-    return markdown_table(header, body) + "\n\n" + note + "\n\n" + sentences + "\n"
+    return table + "\n\n" + note + "\n\n" + sentences + "\n"
 
 
 def pooled_csv(rows: list[dict[str, Any]]) -> str:
