@@ -76,9 +76,9 @@ class TrainSettings(Config):
     # Recomputing a forward gives the same numbers: not part of the fingerprint.
     checkpointing: str = option(
         "auto",
-        "activation checkpointing of the blocks a method runs but does not train (T-Vaccine's undrawn blocks): "
-        "'on' keeps less memory (their forward is recomputed in backward), 'off' is faster, 'auto': off unless "
-        "memory_budget_mib is set (the choice is logged and in manifest.json)",
+        "activation checkpointing of the deferred output layer's chunks and of the blocks a method runs but does "
+        "not train (T-Vaccine's undrawn blocks): 'on' keeps less memory (their forward is recomputed in backward), "
+        "'off' is faster, 'auto': off unless memory_budget_mib is set (the choice is logged and in manifest.json)",
         choices=CHECKPOINTING,
         fingerprint=False,
     )
