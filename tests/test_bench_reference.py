@@ -193,10 +193,13 @@ def test_the_real_reference_checkouts_step_beside_safeft(tmp_path):
 
     out = tmp_path / "b.md"
     refs = f"{BOOSTER},{TVACCINE}"
-    args = ["bench", "--smoke", "--reference", refs, "--methods", "booster,tvaccine", "--reps", "1"]
+    args = ["bench", "--smoke", "--reference", refs, "--methods", "booster,tvaccine,repnoise", "--reps", "1"]
     assert main([*args, "--output", str(out)]) == 0
 
-    rows = json.loads(out.with_suffix(".reference.json").read_text())["reference"]["fp32"]
-    assert list(rows) == ["booster", "tvaccine"]
+    data = json.loads(out.with_suffix(".reference.json").read_text())
+    rows = data["reference"]["fp32"]
+    assert list(rows) == ["booster", "tvaccine", "repnoise"]
+    assert data["reference_sources"]["repnoise"].endswith("trainer.py RepNoiseTrainer")
+    assert "| repnoise (fp32) | git-disl+Booster@" in out.read_text()
     for pair in rows.values():
         assert pair["safeft"]["time_ratio"] > 0 and pair["reference"]["memory"]["peak_bytes"] > 0
