@@ -151,7 +151,8 @@ VARIANTS = {
     "deferred": "the output layer deferred to the response tokens (train.output_layer: deferred)",
     "adamw-foreach": "AdamW's foreach (multi-tensor) kernels instead of the fused one",
     "adamw-forloop": "AdamW's tensor-by-tensor loop instead of the fused kernel",
-    "checkpointed": "the blocks the method runs but does not train checkpointed (train.checkpointing: on)",
+    "checkpointed": "train.checkpointing: on (the deferred output layer's chunks and the blocks the method does not "
+    "train recomputed in backward) instead of the default off",
 }
 
 
