@@ -109,6 +109,7 @@ def test_reference_steps_run_beside_safeft_with_the_same_settings(fake_checkout,
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nThe rest of the page.\n")
     assert "| booster (fp32) | fake+Booster" in text
+    assert "- full-logits: the loss from the full logits" in text  # what each variant row is
 
     # A second run replaces its section instead of adding another one.
     assert main(args) == 0
@@ -133,6 +134,23 @@ def test_optimizer_variants_swap_the_fused_adamw_for_another_implementation(vari
     assert isinstance(t.optimizer, torch.optim.AdamW)
     assert not t.optimizer.defaults["fused"] and t.optimizer.defaults["foreach"] is foreach
     assert t.optimizer.defaults["lr"] == plain.optimizer.defaults["lr"]
+
+
+def test_the_checkpointed_variant_steps_the_method_with_checkpointing_on(tmp_path):
+    from _methods_support import args, collate, rows, tiny, trainer
+    from safeft.bench import variant_trainer
+    from safeft.methods import METHODS
+
+    assert trainer("tvaccine", tiny(), tmp_path).checkpointing.taken == "off"  # the default: speed first
+    cls = variant_trainer(METHODS["tvaccine"].trainer_cls, "checkpointed")
+    t = cls(
+        model=tiny(),
+        args=args(tmp_path),
+        train_dataset=rows(4, seed=1),
+        data_collator=collate,
+        harmful_dataset=rows(4, seed=2),
+    )
+    assert (t.checkpointing.taken, t.loss_path.recomputed) == ("on", True)
 
 
 def test_a_folder_without_a_reference_trainer_is_a_clear_error(tmp_path, capsys):
@@ -175,10 +193,13 @@ def test_the_real_reference_checkouts_step_beside_safeft(tmp_path):
 
     out = tmp_path / "b.md"
     refs = f"{BOOSTER},{TVACCINE}"
-    args = ["bench", "--smoke", "--reference", refs, "--methods", "booster,tvaccine", "--reps", "1"]
+    args = ["bench", "--smoke", "--reference", refs, "--methods", "booster,tvaccine,repnoise", "--reps", "1"]
     assert main([*args, "--output", str(out)]) == 0
 
-    rows = json.loads(out.with_suffix(".reference.json").read_text())["reference"]["fp32"]
-    assert list(rows) == ["booster", "tvaccine"]
+    data = json.loads(out.with_suffix(".reference.json").read_text())
+    rows = data["reference"]["fp32"]
+    assert list(rows) == ["booster", "tvaccine", "repnoise"]
+    assert data["reference_sources"]["repnoise"].endswith("trainer.py RepNoiseTrainer")
+    assert "| repnoise (fp32) | git-disl+Booster@" in out.read_text()
     for pair in rows.values():
         assert pair["safeft"]["time_ratio"] > 0 and pair["reference"]["memory"]["peak_bytes"] > 0

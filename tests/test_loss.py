@@ -115,3 +115,26 @@ def test_output_layer_chunks_respect_the_byte_budget(monkeypatch):
             head(hidden[:, :-1]).flatten(0, 1), labels[:, 1:].flatten(), reduction="sum"
         )
         torch.testing.assert_close(total, full)
+
+
+def test_checkpointing_off_keeps_the_chunks_logits_instead_of_recomputing_them_same_numbers():
+    from safeft.methods.loss import response_cross_entropy_sum
+
+    torch.manual_seed(0)
+    vocabulary, width = 50, 4
+    head = torch.nn.Linear(width, vocabulary, bias=False).requires_grad_(False)
+    labels = torch.randint(0, vocabulary, (2, 60))
+    results = {}
+    for recompute in (True, False):
+        calls: list[int] = []
+        handle = head.register_forward_hook(lambda m, args, out, calls=calls: calls.append(args[0].shape[0]))
+        hidden = torch.randn(2, 60, width, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        total = response_cross_entropy_sum(head, hidden, labels, chunk_tokens=40, recompute=recompute)
+        total.backward()
+        handle.remove()
+        results[recompute] = (calls, total.detach(), hidden.grad)
+    # 118 targets in chunks of 40: with recomputation each chunk's forward runs again in backward
+    assert sorted(results[True][0]) == sorted([40, 40, 38] * 2)
+    assert results[False][0] == [40, 40, 38]
+    assert torch.equal(results[True][1], results[False][1])
+    assert torch.equal(results[True][2], results[False][2])

@@ -63,6 +63,25 @@ def test_the_users_choice_and_the_models_limits_win_over_the_rule():
     assert choose_loss_path(LossPath(), _head(), None, 8).taken == "deferred"
 
 
+def test_without_recomputation_auto_takes_the_deferred_layer_even_when_most_positions_are_responses():
+    mostly_responses = _rows(1, 19)  # 18 of 20 positions: with recomputation the full logits are less work
+    assert choose_loss_path(LossPath(), _head(), mostly_responses, 8).taken == "full"
+    choice = choose_loss_path(LossPath(), _head(), mostly_responses, 8, recompute=False)
+    assert (choice.taken, choice.recomputed) == ("deferred", False)
+    assert choose_loss_path(LossPath("full"), _head(), mostly_responses, 8, recompute=False).taken == "full"
+
+
+def test_the_trainer_recomputes_the_deferred_chunks_only_with_checkpointing_on(tmp_path):
+    fast = trainer("sft", tiny(), tmp_path / "a")  # auto, no memory budget
+    small = trainer("sft", tiny(), tmp_path / "b", loss_path=LossPath(memory_budget_mib=1e6))
+    assert (fast.checkpointing.taken, fast.loss_path.taken, fast.loss_path.recomputed) == (
+        "off",
+        "deferred",
+        False,
+    )
+    assert (small.checkpointing.taken, small.loss_path.recomputed) == ("on", True)
+
+
 @pytest.mark.parametrize("path", ["full", "deferred"])
 def test_the_trainer_computes_the_loss_the_chosen_way(path, tmp_path):
     model = tiny()
@@ -97,3 +116,36 @@ def test_the_run_says_which_path_it_took(tmp_path, caplog):
     assert (taken["taken"], taken["requested"]) == ("full", "full")
     assert read_json(out / "metrics.json")["loss_path"] == taken
     assert "loss: full output layer (requested)" in caplog.text
+
+
+def test_a_tvaccine_run_says_whether_it_checkpointed_its_undrawn_blocks(tmp_path, caplog):
+    from safeft.pipeline.demo_data import write_demo_data
+    from safeft.stages.align import AlignConfig, run_align
+
+    data = write_demo_data(
+        tmp_path / "data", n_refusals=8, n_pool=4, n_attack=4, n_eval=4, n_task=4, n_task_eval=4
+    )
+    out = tmp_path / "align"
+    config = {
+        "output": str(out),
+        "method": "tvaccine",
+        "model": "tiny-random-llama",
+        "alignment_data": data["refusals"],
+        "harmful_data": data["harmful_pool"],
+        "harmful_samples": 4,
+        "alignment_samples": 8,
+        "max_length": 32,
+        "train": {"max_steps": 1, "batch_size": 4, "progress": False, "checkpointing": "on"},
+    }
+    with caplog.at_level(logging.INFO, logger="safeft"):
+        run_align(AlignConfig.from_dict(config))
+
+    taken = read_json(out / "manifest.json")["checkpointing"]
+    assert (taken["taken"], taken["requested"]) == ("on", "on")
+    assert read_json(out / "metrics.json")["checkpointing"] == taken
+    assert "checkpointing: on (requested)" in caplog.text
+    # It says how the step ran, not what it computed: the run's name (fingerprint) does not change.
+    from safeft.stages.runs import config_fingerprint
+
+    auto = AlignConfig.from_dict({**config, "train": {**config["train"], "checkpointing": "auto"}})
+    assert config_fingerprint(AlignConfig.from_dict(config)) == config_fingerprint(auto)

@@ -1,4 +1,4 @@
-"""T-Vaccine: blocks drawn by gradient-norm probabilities; only drawn blocks train; the rest checkpointed."""
+"""T-Vaccine: blocks drawn by gradient-norm probabilities; only drawn blocks train; the rest checkpointed if asked."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_only_the_drawn_blocks_adapters_change(tmp_path):
 
 def test_undrawn_blocks_run_under_checkpointing_and_keep_no_gradients(tmp_path):
     model = tiny()
-    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2))
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2), checkpointing="on")
     t._planned_step = 0  # skip the probe and the draw: we choose the blocks
     t.set_drawn([0, 2])
     blocks = find_decoder_blocks(model)
@@ -77,6 +77,37 @@ def test_undrawn_blocks_run_under_checkpointing_and_keep_no_gradients(tmp_path):
             assert (p.grad is not None) == (_block_of(n) in (0, 2)), n
             assert p.requires_grad == (_block_of(n) in (0, 2))
     assert all("forward" not in vars(b) for b in blocks)  # the checkpoint wrapper is gone after the step
+
+
+def _one_step_with_blocks_drawn(tmp_path, checkpointing, drawn=(0, 2)):
+    model = tiny()
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2), checkpointing=checkpointing)
+    t._planned_step = 0  # skip the probe and the draw: we choose the blocks
+    t.set_drawn(list(drawn))
+    loss = t.training_step(model, collate(rows(4, seed=10)))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return t, model, loss, grads
+
+
+def test_without_checkpointing_no_block_is_recomputed_and_the_gradient_is_bitwise_the_same(tmp_path):
+    on, _, loss_on, grads_on = _one_step_with_blocks_drawn(tmp_path / "on", "on")
+    off, model, loss_off, grads_off = _one_step_with_blocks_drawn(tmp_path / "off", "off")
+
+    assert on.checkpointing.taken == "on" and off.checkpointing.taken == "off"
+    assert all(getattr(b, "safeft_checkpointed_calls", 0) == 0 for b in find_decoder_blocks(model))
+    assert torch.equal(loss_on, loss_off)
+    assert grads_on.keys() == grads_off.keys() and grads_on  # the drawn blocks' adapters
+    assert all(torch.equal(grads_on[n], grads_off[n]) for n in grads_on), "recomputation changed a gradient"
+
+
+def test_auto_checkpoints_only_when_a_memory_budget_says_memory_is_the_limit(tmp_path):
+    from safeft.methods.loss import LossPath
+
+    fast = trainer("tvaccine", tiny(), tmp_path / "a")
+    small = trainer("tvaccine", tiny(), tmp_path / "b", loss_path=LossPath(memory_budget_mib=500))
+    assert (fast.checkpointing.requested, fast.checkpointing.taken) == ("auto", "off")
+    assert (small.checkpointing.requested, small.checkpointing.taken) == ("auto", "on")
+    assert "memory_budget_mib" in small.checkpointing.reason
 
 
 def test_perturbation_only_on_drawn_blocks_with_norm_rho(tmp_path):
@@ -122,7 +153,7 @@ def test_on_a_deep_model_only_the_drawn_blocks_train_and_their_predecessors_skip
     # The reference (Lslland/T-Vaccine trainer.py, unfreeze_activate_layers) trains exactly the drawn
     # blocks; block i-1 only joins `activate_layers`, which exempts it from checkpointing.
     model = _deep_llama()
-    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2))
+    t = trainer("tvaccine", model, tmp_path, TVaccineConfig(sampled_blocks=2), checkpointing="on")
     t._planned_step = 0  # skip the probe and the draw: we choose the blocks
     t.set_drawn([5, 20])
 

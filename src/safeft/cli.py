@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="VARIANT[,VARIANT]",
         help="with --reference: also step each method these ways in the same rounds: full-logits, deferred "
-        "(the loss's output layer forced), adamw-foreach, adamw-forloop (instead of the fused AdamW)",
+        "(the loss's output layer forced), adamw-foreach, adamw-forloop (instead of the fused AdamW), checkpointed "
+        "(train.checkpointing: on)",
     )
     p.set_defaults(func=cmd_bench)
     return parser

@@ -151,6 +151,8 @@ VARIANTS = {
     "deferred": "the output layer deferred to the response tokens (train.output_layer: deferred)",
     "adamw-foreach": "AdamW's foreach (multi-tensor) kernels instead of the fused one",
     "adamw-forloop": "AdamW's tensor-by-tensor loop instead of the fused kernel",
+    "checkpointed": "train.checkpointing: on (the deferred output layer's chunks and the blocks the method does not "
+    "train recomputed in backward) instead of the default off",
 }
 
 
@@ -166,6 +168,8 @@ def variant_trainer(trainer_cls: type, variant: str) -> type:
         def __init__(self, *args: Any, **kwargs: Any):
             if loss_path is not None:
                 kwargs["loss_path"] = loss_path
+            if variant == "checkpointed":
+                kwargs["checkpointing"] = "on"
             super().__init__(*args, **kwargs)
 
         @staticmethod

@@ -332,7 +332,8 @@ def render_reference(result: Any, json_name: str) -> list[str]:
         "size), the same AdamW (`TrainingArguments`' default optimizer), gradient clipping 1.0, the same method "
         "hyper-parameters on both sides. The reference trainer classes are imported unchanged from the checkouts at run time "
         "(`safeft.bench.reference`: our compatibility shims for transformers 5, no reference code in this repository) and each "
-        "one steps exactly as `Trainer.train` would, like safeft's. Per precision: one warm-up round, one memory round, then "
+        "one steps exactly as `Trainer.train` would, like safeft's (with its defaults: `train.checkpointing` auto, i.e. off "
+        "without a memory budget, and `train.output_layer` auto). Per precision: one warm-up round, one memory round, then "
         f"{s.reps} timed rounds; in each round a method's reference and safeft steps run back to back, who goes first "
         "alternating from round to round. *safeft ÷ reference* is the ratio of the median seconds per step, with the range "
         "of the per-round ratios; the same for the CPU seconds the process spent in each step (on a shared CPU the "
@@ -364,4 +365,12 @@ def render_reference(result: Any, json_name: str) -> list[str]:
                     )
     for precision, why in result.not_measured.items():
         out.append(f"| every method ({precision}) | {why} | | | | | |")
+    if s.variants:
+        from safeft.bench import VARIANTS
+
+        out += [
+            "",
+            "*safeft <variant>* rows: safeft stepped another way in the same rounds (its ratio is to the same reference):",
+        ]
+        out += [f"- {v}: {VARIANTS[v]}" for v in s.variants if v in VARIANTS]
     return out + [""]

@@ -87,7 +87,7 @@ METHODS: dict[str, MethodSpec] = {
         "align",
         "new",
         "Vaccine on sampled safety-critical blocks",
-        "2 passes, undrawn blocks checkpointed",
+        "2 passes, undrawn blocks checkpointed if checkpointing is on",
     ),
     "booster": MethodSpec(
         BoosterConfig,

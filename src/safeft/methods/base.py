@@ -30,6 +30,7 @@ from transformers import Trainer
 
 from safeft.config import Config
 from safeft.errors import SafeftError
+from safeft.methods.hooks import CheckpointingChoice, choose_checkpointing
 from safeft.methods.loss import (
     LossPath,
     choose_loss_path,
@@ -90,7 +91,10 @@ class AlignmentTrainer(Trainer):
     Keyword arguments on top of Trainer's: `method_config` (the method's Config; defaults when
     None), `harmful_dataset` and `alignment_dataset` (indexable datasets of encoded rows, collated
     with the trainer's `data_collator`), `loss_path` (how the loss runs the output layer; default
-    `auto`, see `safeft.methods.loss.choose_loss_path`; what was taken is `self.loss_path`).
+    `auto`, see `safeft.methods.loss.choose_loss_path`; what was taken is `self.loss_path`) and
+    `checkpointing` (`auto`, `on` or `off`: whether the deferred output layer's chunks and the blocks
+    a method runs but does not train are checkpointed, see `safeft.methods.hooks.choose_checkpointing`;
+    what was taken is `self.checkpointing`).
     """
 
     config_cls: type[Config] = MethodConfig
@@ -105,6 +109,7 @@ class AlignmentTrainer(Trainer):
         harmful_dataset: Any = None,
         alignment_dataset: Any = None,
         loss_path: LossPath | None = None,
+        checkpointing: str = "auto",
         **kwargs: Any,
     ):
         if method_config is None:
@@ -139,8 +144,17 @@ class AlignmentTrainer(Trainer):
         # model's forward, so it is never deferred there.
         sharded = getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
         head = None if sharded else deferrable_output_layer(self.model)
+        loss_path = loss_path or LossPath()
+        self.checkpointing: CheckpointingChoice = choose_checkpointing(
+            checkpointing, loss_path.memory_budget_mib
+        )
+        log.info("checkpointing: %s (%s)", self.checkpointing.taken, self.checkpointing.reason)
         self.loss_path = choose_loss_path(
-            loss_path or LossPath(), head, self._labelled_rows(), self.args.per_device_train_batch_size
+            loss_path,
+            head,
+            self._labelled_rows(),
+            self.args.per_device_train_batch_size,
+            recompute=self.checkpointing.on,
         )
         log.info("loss: %s output layer (%s)", self.loss_path.taken, self.loss_path.reason)
         # None: the loss uses the full logits.
@@ -256,7 +270,9 @@ class AlignmentTrainer(Trainer):
                 )
             if head is not None:  # the output layer runs under the same autocast as the model
                 (hidden,) = final_hidden
-                total = response_cross_entropy_sum(head, hidden, batch["labels"], self.loss_chunk_tokens)
+                total = response_cross_entropy_sum(
+                    head, hidden, batch["labels"], self.loss_chunk_tokens, recompute=self.checkpointing.on
+                )
         if head is None:
             total = cross_entropy_sum(outputs.logits, batch["labels"])
         if num_items_in_batch is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -216,6 +217,48 @@ def add_to_outputs(
 
     with forward_hooks(modules, make_hook):
         yield
+
+
+# ----- whether safeft checkpoints where it could -----------------------------------------------------
+
+CHECKPOINTING = ("auto", "on", "off")
+CHECKPOINTED = "the deferred output layer's chunks and the blocks a method runs but does not train"
+
+
+@dataclass(frozen=True)
+class CheckpointingChoice:
+    """Whether safeft runs under activation checkpointing what it may (`CHECKPOINTED`), and why.
+
+    Logged, and written to the run's manifest and metrics. Either way the step computes the same
+    numbers (a recomputed forward is the original one); `on` keeps fewer activations, `off` spares
+    the forward recomputed in every backward.
+    """
+
+    taken: str  # "on" or "off"
+    requested: str
+    reason: str
+
+    @property
+    def on(self) -> bool:
+        return self.taken == "on"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_checkpointing(requested: str, memory_budget_mib: float | None) -> CheckpointingChoice:
+    """`requested` (on/off), or under `auto` the faster way unless a memory budget says memory is the limit."""
+    if requested not in CHECKPOINTING:
+        raise ValueError(f"checkpointing: got {requested!r}, expected one of {', '.join(CHECKPOINTING)}")
+    if requested != "auto":
+        return CheckpointingChoice(requested, requested, "requested")
+    if memory_budget_mib is not None:
+        return CheckpointingChoice(
+            "on", requested, f"memory_budget_mib {memory_budget_mib:,.0f} is set: memory is the limit"
+        )
+    return CheckpointingChoice(
+        "off", requested, "no memory_budget_mib set: the faster way (no forward recomputed in backward)"
+    )
 
 
 @contextlib.contextmanager

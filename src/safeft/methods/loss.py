@@ -8,18 +8,20 @@ Two ways to compute the same number:
   for the log-probabilities cross-entropy keeps for its backward.
 - `response_cross_entropy_sum`: the model runs with its output layer deferred (it returns an empty slice and
   the final hidden states are kept); then only the positions that have a label go through the
-  output layer, a few hundred tokens at a time, under activation checkpointing. No tensor of the
-  size of the full logits ever exists, the prompt positions cost no output-layer work at all, and
-  the price is one more output-layer forward per response token in backward.
+  output layer, a few hundred tokens at a time. The prompt positions cost no output-layer work at
+  all. With the run's `checkpointing` on, each chunk runs under activation checkpointing: no
+  tensor of the size of the full logits ever exists, and the price is one more output-layer
+  forward per response token in backward. With it off (the default without a memory budget) the
+  chunks' logits are kept for backward: the response positions' share of the full logits.
 
 Which of the two runs is a trade of time for memory, chosen per run (`choose_loss_path`): the
-user's `output_layer` setting, or by default (`auto`) the rule below, measured on SmolLM2 (49,152 x
-576 output layer, docs/benchmarks.md): per response token the deferred path runs the output layer
-three times (forward, recomputed forward, input gradient), the full logits twice per position
-(forward, input gradient), so the deferred path does less work when response tokens are fewer
-than 2/3 of the positions, and more otherwise. `auto` takes the path with less work, unless the
-full logits would exceed `memory_budget_mib`: then the deferred one, whose logits never exceed a
-chunk.
+user's `output_layer` setting, or by default (`auto`) the rule below. Without recomputation the
+deferred path runs the output layer twice per response token (forward, input gradient), the full
+logits twice per position: never more work, so `auto` takes it. With recomputation (measured on
+SmolLM2's 49,152 x 576 output layer, docs/benchmarks.md) the deferred path runs it three times per
+response token, so it does less work when response tokens are fewer than 2/3 of the positions, and
+more otherwise; `auto` takes the path with less work, unless the full logits would exceed
+`memory_budget_mib`: then the deferred one, whose logits never exceed a chunk.
 
 The deferred loss is used only where it provably gives the model's own loss: once per trainer,
 `deferrable_output_layer` checks that the model's logits are exactly its output layer applied to the
@@ -76,11 +78,12 @@ def default_chunk_tokens(head: nn.Module) -> int:
 
 
 def response_cross_entropy_sum(
-    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 0
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 0, recompute: bool = True
 ) -> torch.Tensor:
     """Sum of the cross-entropy over the labelled positions, through `head`, `chunk_tokens` at a time.
 
-    Each chunk's logits are recomputed in backward (checkpointing) instead of being kept.
+    With `recompute`, each chunk's logits are recomputed in backward (checkpointing) instead of
+    being kept; without, they are kept (the same numbers, one output-layer forward fewer per token).
     """
     targets = shifted_targets(labels.to(hidden.device))
     keep = targets.ne(-100)
@@ -89,9 +92,12 @@ def response_cross_entropy_sum(
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, wanted.numel(), chunk):
         part = slice(start, start + chunk)
-        total = total + checkpoint(
-            _chunk_cross_entropy_sum, head, rows[part], wanted[part], use_reentrant=False
-        )
+        if recompute:
+            total = total + checkpoint(
+                _chunk_cross_entropy_sum, head, rows[part], wanted[part], use_reentrant=False
+            )
+        else:
+            total = total + _chunk_cross_entropy_sum(head, rows[part], wanted[part])
     return total
 
 
@@ -174,6 +180,7 @@ class LossPathChoice:
     requested: str
     chunk_tokens: int | None  # deferred only
     reason: str
+    recomputed: bool | None = None  # deferred only: the chunks' logits recomputed in backward (checkpointing)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,22 +202,37 @@ def choose_loss_path(
     head: nn.Module | None,
     rows: Iterable[Mapping[str, Any]] | None,
     batch_size: int,
+    recompute: bool = True,
 ) -> LossPathChoice:
     """The path of this run's loss: `setting.output_layer`, or under `auto` the rule of the module doc.
 
     `head` is the deferrable output layer (None: the model's logits must be used); `rows` the
     training rows (their response share decides), `batch_size` the rows per micro-batch (the
-    memory estimate).
+    memory estimate); `recompute`: the deferred chunks run under checkpointing (the run's
+    `checkpointing` choice). Without recomputation the deferred path runs the output layer twice
+    per response token against the full logits' twice per position: never more work, so `auto`
+    takes it whatever the rows.
     """
     requested = setting.output_layer
     if head is None:
         why = "the model's logits are not its output layer applied to the final hidden states, or the output layer trains"
         return LossPathChoice("full", requested, None, why if requested != "full" else "requested")
     chunk = setting.chunk_tokens or default_chunk_tokens(head)
-    if requested in ("deferred", "full"):
-        return LossPathChoice(requested, requested, chunk if requested == "deferred" else None, "requested")
+
+    def deferred(reason: str) -> LossPathChoice:
+        return LossPathChoice("deferred", requested, chunk, reason, recomputed=recompute)
+
+    if requested == "deferred":
+        return deferred("requested")
+    if requested == "full":
+        return LossPathChoice("full", requested, None, "requested")
+    if not recompute:
+        return deferred(
+            "never more work than the full logits: the output layer runs only on the response tokens, "
+            "their logits kept for backward (checkpointing off)"
+        )
     if rows is None:  # e.g. a streamed dataset: keep the path that never needs more than a chunk
-        return LossPathChoice("deferred", requested, chunk, "the training rows' response share is unknown")
+        return deferred("the training rows' response share is unknown")
     share, longest = response_fraction(rows)
     vocabulary = head.weight.shape[0] if hasattr(head, "weight") else 50_000
     full_mib = batch_size * longest * vocabulary * FULL_LOGIT_BYTES / 2**20
@@ -219,14 +241,11 @@ def choose_loss_path(
         f"{DEFERRED_PASSES * share / FULL_PASSES:.2f}x the rows of the full logits"
     )
     if DEFERRED_PASSES * share <= FULL_PASSES:
-        return LossPathChoice("deferred", requested, chunk, f"less work and less memory: {work}")
+        return deferred(f"less work and less memory: {work}")
     budget = setting.memory_budget_mib
     if budget is not None and full_mib > budget:
-        return LossPathChoice(
-            "deferred",
-            requested,
-            chunk,
-            f"the full logits of a batch (~{full_mib:,.0f} MiB) exceed memory_budget_mib {budget:,.0f}; {work}",
+        return deferred(
+            f"the full logits of a batch (~{full_mib:,.0f} MiB) exceed memory_budget_mib {budget:,.0f}; {work}"
         )
     limit = f"within memory_budget_mib {budget:,.0f}" if budget is not None else "no memory_budget_mib set"
     return LossPathChoice(

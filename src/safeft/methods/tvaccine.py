@@ -83,9 +83,11 @@ class TVaccineTrainer(AlignmentTrainer):
     Liu et al., "Targeted Vaccine: Safety Alignment for Large Language Models against Harmful
     Fine-Tuning via Layer-wise Perturbation", 2024 (arXiv:2410.09760). Blocks whose hidden output
     reacts most to harmful data (gradient norm on a harmful probe) are drawn more often; only their
-    adapters train and only their hidden outputs are perturbed. Undrawn blocks run under activation
-    checkpointing and keep no hidden-gradient buffers, which is where the memory saving comes from
-    (on deep models the block before each drawn block is not checkpointed either, as in the reference).
+    adapters train and only their hidden outputs are perturbed. Undrawn blocks keep no
+    hidden-gradient buffers; with `checkpointing` on they also run under activation checkpointing,
+    which is where the memory saving comes from (on deep models the block before each drawn block
+    is not checkpointed either, as in the reference), at the price of recomputing their forward in
+    each backward; off (the default when no memory budget is set) is the faster way.
     Trainable tensors outside the blocks (full fine-tuning) are frozen while any blocks are drawn.
     """
 
@@ -128,8 +130,10 @@ class TVaccineTrainer(AlignmentTrainer):
             self.record(f"tvaccine/drawn_{layer}", float(layer in self.drawn))
 
         # 3. Vaccine's two-pass step, perturbing only the drawn blocks (norm over them only);
-        #    undrawn blocks recompute their activations in backward.
-        recomputed = [b for i, b in enumerate(self.blocks) if i not in self.uncheckpointed]
+        #    with checkpointing on, undrawn blocks recompute their activations in backward.
+        recomputed = [
+            b for i, b in enumerate(self.blocks) if self.checkpointing.on and i not in self.uncheckpointed
+        ]
         with self.own_gradient(), checkpointed(recomputed):
             result = perturbation_aware_gradient(
                 self,

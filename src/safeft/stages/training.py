@@ -21,6 +21,7 @@ from safeft.errors import SafeftError
 from safeft.hardware import use_bf16
 from safeft.io import write_json
 from safeft.methods import METHODS, get_method
+from safeft.methods.hooks import CHECKPOINTING
 from safeft.methods.loss import OUTPUT_LAYER_PATHS, LossPath
 from safeft.models import LoraSettings
 from safeft.stages.runs import PeakMemory, RunDir
@@ -61,7 +62,8 @@ class TrainSettings(Config):
     )
     memory_budget_mib: float | None = option(
         None,
-        "auto: the most MiB the full logits of one micro-batch may take (none: no limit, the faster path)",
+        "auto: the most MiB the full logits of one micro-batch may take (none: no limit, the faster path); "
+        "set, it also says memory is the limit (checkpointing auto: on)",
         range=(0, None),
         fingerprint=lambda value: value is not None,
     )
@@ -70,6 +72,15 @@ class TrainSettings(Config):
         "deferred output layer: response tokens per chunk (0: 32 MiB of fp32 logits, 170 for SmolLM2)",
         range=(0, None),
         fingerprint=lambda value: value != 0,
+    )
+    # Recomputing a forward gives the same numbers: not part of the fingerprint.
+    checkpointing: str = option(
+        "auto",
+        "activation checkpointing of the deferred output layer's chunks and of the blocks a method runs but does "
+        "not train (T-Vaccine's undrawn blocks): 'on' keeps less memory (their forward is recomputed in backward), "
+        "'off' is faster, 'auto': off unless memory_budget_mib is set (the choice is logged and in manifest.json)",
+        choices=CHECKPOINTING,
+        fingerprint=False,
     )
     logging_steps: int = option(
         1, "log loss and method metrics every N steps", range=(1, None), fingerprint=False
@@ -295,6 +306,7 @@ def train_and_save(
         alignment_dataset=alignment_rows,
         callbacks=[history],
         loss_path=cfg.train.loss_path,
+        checkpointing=cfg.train.checkpointing,
     )
     with PeakMemory() as mem:
         stats = train_resumably(trainer, run, history)
@@ -307,12 +319,14 @@ def train_and_save(
             **stats,
             **mem.as_dict(),
             "loss_path": trainer.loss_path.as_dict(),
+            "checkpointing": trainer.checkpointing.as_dict(),
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
         write_json(run.path / "metrics.json", metrics)
         run.write_manifest(
             status="done",
             loss_path=trainer.loss_path.as_dict(),
+            checkpointing=trainer.checkpointing.as_dict(),
             weights=[*weights_before, {"kind": weights, "path": str(run.final(weights))}],
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
