@@ -311,9 +311,9 @@ def render_reference(result: Any, json_name: str) -> list[str]:
     s, m = result.settings, result.machine
     load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"] or [])
     end = m.get("load_average_at_end")
-    busy = [
-        x for x in (m["load_average_at_start"] or [])[:1] + (end or [])[:1] if x > 0.5 * m["logical_cores"]
-    ]
+    # Other processes' load: the 1-minute average before the run, and at its end minus the run's own threads.
+    others = (m["load_average_at_start"] or [])[:1] + [x - m["torch_threads"] for x in (end or [])[:1]]
+    busy = [x for x in others if x > 0.5 * m["logical_cores"]]
     load += (f"; at the end: {', '.join(f'{x:.1f}' for x in end)}" if end else "") + (
         f" — **measured under load** (more runnable processes than half the {m['logical_cores']} cores): "
         "wall times are inflated and noisy, the CPU-time ratios are the fairer comparison"
