@@ -262,20 +262,7 @@ def paired_csv(rows: list[dict[str, Any]]) -> str:
     return dict_rows_csv(CSV_KEYS, rows)
 
 
-POOLED_CSV_KEYS = [
-    "task",
-    "method",
-    "reference",
-    "poison_ratio",
-    "attack",
-    "seeds",
-    "n",
-    "hs",
-    "reference_hs",
-    "only_method",
-    "only_reference",
-    "p_value",
-]
+POOLED_CSV_KEYS = ["seeds" if key == "seed" else key for key in CSV_KEYS]  # a pooled row counts its seeds
 
 
 def pooled_markdown(rows: list[dict[str, Any]], alpha: float = ALPHA) -> str:
