@@ -92,23 +92,31 @@ def test_the_trainer_computes_the_loss_the_chosen_way(path, tmp_path):
     assert torch.isfinite(loss)
 
 
-def test_the_run_says_which_path_it_took(tmp_path, caplog):
+def _tiny_align_config(tmp_path, method: str, train: dict) -> dict:
+    """A one-step alignment of the tiny random Llama on demo data, as `AlignConfig.from_dict` takes it."""
     from safeft.pipeline.demo_data import write_demo_data
-    from safeft.stages.align import AlignConfig, run_align
 
     data = write_demo_data(
         tmp_path / "data", n_refusals=8, n_pool=4, n_attack=4, n_eval=4, n_task=4, n_task_eval=4
     )
-    out = tmp_path / "align"
-    config = {
-        "output": str(out),
-        "method": "sft",
+    harmful = {"harmful_data": data["harmful_pool"], "harmful_samples": 4} if method != "sft" else {}
+    return {
+        "output": str(tmp_path / "align"),
+        "method": method,
         "model": "tiny-random-llama",
         "alignment_data": data["refusals"],
+        **harmful,
         "alignment_samples": 8,
         "max_length": 32,
-        "train": {"max_steps": 1, "batch_size": 4, "progress": False, "output_layer": "full"},
+        "train": {"max_steps": 1, "batch_size": 4, "progress": False, **train},
     }
+
+
+def test_the_run_says_which_path_it_took(tmp_path, caplog):
+    from safeft.stages.align import AlignConfig, run_align
+
+    config = _tiny_align_config(tmp_path, "sft", {"output_layer": "full"})
+    out = tmp_path / "align"
     with caplog.at_level(logging.INFO, logger="safeft"):
         run_align(AlignConfig.from_dict(config))
 
@@ -119,24 +127,10 @@ def test_the_run_says_which_path_it_took(tmp_path, caplog):
 
 
 def test_a_tvaccine_run_says_whether_it_checkpointed_its_undrawn_blocks(tmp_path, caplog):
-    from safeft.pipeline.demo_data import write_demo_data
     from safeft.stages.align import AlignConfig, run_align
 
-    data = write_demo_data(
-        tmp_path / "data", n_refusals=8, n_pool=4, n_attack=4, n_eval=4, n_task=4, n_task_eval=4
-    )
+    config = _tiny_align_config(tmp_path, "tvaccine", {"checkpointing": "on"})
     out = tmp_path / "align"
-    config = {
-        "output": str(out),
-        "method": "tvaccine",
-        "model": "tiny-random-llama",
-        "alignment_data": data["refusals"],
-        "harmful_data": data["harmful_pool"],
-        "harmful_samples": 4,
-        "alignment_samples": 8,
-        "max_length": 32,
-        "train": {"max_steps": 1, "batch_size": 4, "progress": False, "checkpointing": "on"},
-    }
     with caplog.at_level(logging.INFO, logger="safeft"):
         run_align(AlignConfig.from_dict(config))
 
